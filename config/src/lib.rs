@@ -1,0 +1,322 @@
+//! sluice's configuration: a TOML file in, an immutable [`Config`] out.
+//!
+//! This crate sits before everything else: the binary calls [`Config::load`]
+//! once at start-up (and on reload), prints every [`ConfigError`] if there
+//! are any, and otherwise hands the [`Config`] to the workers, which share it
+//! read-only. Loading has two layers: `raw` mirrors the file with serde
+//! (`deny_unknown_fields`, units in key names such as `_ms` and `_bytes`),
+//! then `validation` checks everything at once and builds the typed values
+//! below (`SocketAddr`, `Duration`, `NonZeroUsize`, `BaseUrl`, key hashes,
+//! model -> provider indices). Findings that do not stop the gateway, such as
+//! a plain-text consumer key, land in [`Config::warnings`].
+//!
+//! Nothing here opens sockets or spawns threads; the only I/O is reading the
+//! file, checking that TLS/CA files are readable and reading `key_env`
+//! variables. Relative paths stay relative to the caller's working directory.
+
+mod base_url;
+mod error;
+mod raw;
+mod span;
+mod validation;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub use base_url::BaseUrl;
+pub use error::{ConfigError, ConfigErrors};
+
+/// A validated configuration. Built only by [`Config::from_toml_str`] and
+/// [`Config::load`], so every value in it has passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Downstream listeners; never empty.
+    pub listeners: Vec<Listener>,
+    /// The admin/metrics endpoint.
+    pub admin: Admin,
+    /// Worker threads and shutdown.
+    pub workers: Workers,
+    /// Downstream request limits.
+    pub limits: Limits,
+    /// Upstream providers; never empty. [`Model::provider`] indexes this.
+    pub providers: Vec<Provider>,
+    /// Public models; never empty, names unique.
+    pub models: Vec<Model>,
+    /// Who may call the gateway; may be empty.
+    pub consumers: Vec<Consumer>,
+    /// The audit log.
+    pub audit: Audit,
+    /// Non-fatal findings, each "path: message", for the caller to log.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Parses and validates a config held in memory.
+    pub fn from_toml_str(source: &str) -> Result<Config, ConfigErrors> {
+        let raw: raw::RawConfig =
+            toml::from_str(source).map_err(|e| ConfigErrors::from(span::toml_error(source, &e)))?;
+        validation::validate(raw)
+    }
+
+    /// Reads, parses and validates the config file at `path`. A read error
+    /// is one [`ConfigError`] whose path is the file name.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                path.display().to_string(),
+                format!("cannot read the config file: {e}"),
+            )
+        })?;
+        Self::from_toml_str(&source)
+    }
+
+    /// Looks a model up by its public name; returns its index in
+    /// [`Config::models`] with it.
+    pub fn model(&self, name: &str) -> Option<(usize, &Model)> {
+        self.models.iter().enumerate().find(|(_, m)| m.name == name)
+    }
+}
+
+/// One downstream listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// IP and port to bind; port 0 asks the OS for a free port.
+    pub address: SocketAddr,
+    /// Serve HTTPS with these files; `None` means plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate and key pair, checked readable at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key_file: PathBuf,
+}
+
+/// The admin/metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// IP and port to bind; default 127.0.0.1:9901.
+    pub address: SocketAddr,
+}
+
+/// The thread-per-core runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workers {
+    /// Number of worker threads; default: available parallelism.
+    pub count: NonZeroUsize,
+    /// Pin worker `i` to CPU `i`; default false.
+    pub pin_cpus: bool,
+    /// Time in-flight requests get to finish on shutdown; default 30 s.
+    pub drain_timeout: Duration,
+}
+
+/// Limits on what a downstream client may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line + headers); default 16 KiB, >= 1024.
+    pub max_header_bytes: usize,
+    /// Largest request body; default 4 MiB, > 0.
+    pub max_body_bytes: usize,
+    /// Time to receive a full request head; default 10 s.
+    pub header_timeout: Duration,
+    /// Time to receive the full request body; default 30 s.
+    pub body_timeout: Duration,
+    /// Keep-alive idle time between two requests; default 60 s.
+    pub idle_timeout: Duration,
+}
+
+/// An upstream server that speaks one provider API.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Provider {
+    /// Unique, non-empty name.
+    pub name: String,
+    /// Which API the server speaks.
+    pub kind: ProviderKind,
+    /// Where the server is and which path prefix it uses.
+    pub base_url: BaseUrl,
+    /// Key sent upstream as `Authorization: Bearer`; `None` sends none.
+    /// Comes from `api_key` or from the variable named by `key_env`.
+    pub api_key: Option<String>,
+    /// TCP (and TLS) connect timeout; default 5 s.
+    pub connect_timeout: Duration,
+    /// From request sent to response head received; default 60 s.
+    pub first_byte_timeout: Duration,
+    /// Longest gap between two body reads while streaming; default 60 s.
+    pub idle_timeout: Duration,
+    /// Extra PEM CA bundle trusted for this provider's TLS; checked readable.
+    pub ca_file: Option<PathBuf>,
+    /// Keep-alive connections kept per worker; default 64, 0 disables reuse.
+    pub max_idle_connections: usize,
+}
+
+// Hand-written so that logging a config never prints an upstream key.
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("ca_file", &self.ca_file)
+            .field("max_idle_connections", &self.max_idle_connections)
+            .finish()
+    }
+}
+
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProviderKind {
+    /// `kind = "openai"`: OpenAI's API or any server compatible with it.
+    OpenAi,
+}
+
+impl ProviderKind {
+    /// Every kind with its config spelling.
+    const ALL: [(&'static str, ProviderKind); 1] = [("openai", ProviderKind::OpenAi)];
+
+    /// The config spelling, e.g. `"openai"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+        }
+    }
+
+    /// Parses the config spelling.
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, kind)| *kind)
+    }
+}
+
+/// A model clients may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// Public name clients send in `"model"`; unique.
+    pub name: String,
+    /// Index of its provider in [`Config::providers`].
+    pub provider: usize,
+    /// Name sent upstream in place of `name`; defaults to `name`.
+    pub upstream_model: String,
+    /// Tokenizer used to count its tokens.
+    pub encoding: Encoding,
+}
+
+/// A tiktoken encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// `"o200k_base"`: GPT-4o and later; the default.
+    #[default]
+    O200kBase,
+    /// `"cl100k_base"`: GPT-4, GPT-3.5 and the text-embedding-3 models.
+    Cl100kBase,
+    /// `"p50k_base"`: Codex and text-davinci-002/003.
+    P50kBase,
+    /// `"r50k_base"`: GPT-3 models such as davinci.
+    R50kBase,
+}
+
+impl Encoding {
+    /// Every encoding, for parsing and error messages.
+    pub const ALL: [Encoding; 4] = [
+        Encoding::O200kBase,
+        Encoding::Cl100kBase,
+        Encoding::P50kBase,
+        Encoding::R50kBase,
+    ];
+
+    /// The config (and tiktoken) spelling, e.g. `"o200k_base"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Encoding::O200kBase => "o200k_base",
+            Encoding::Cl100kBase => "cl100k_base",
+            Encoding::P50kBase => "p50k_base",
+            Encoding::R50kBase => "r50k_base",
+        }
+    }
+
+    /// Parses the config spelling.
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == text)
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A downstream client identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// Unique name, written to the audit log.
+    pub name: String,
+    /// Keys it authenticates with; at least one, none shared with others.
+    pub keys: Vec<ApiKey>,
+    /// Public model names it may use; `None` means every model.
+    pub allowed_models: Option<Vec<String>>,
+}
+
+impl Consumer {
+    /// Whether this consumer may use the model with public name `model`.
+    pub fn allows(&self, model: &str) -> bool {
+        self.allowed_models
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == model))
+    }
+}
+
+/// One downstream API key, stored as its SHA-256 only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Label for logs; `"<consumer>#<index>"` unless set.
+    pub id: String,
+    /// SHA-256 of the key as sent in `Authorization: Bearer <key>`.
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("sha256", &hex::encode(self.sha256))
+            .finish()
+    }
+}
+
+/// The audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// JSON-lines file records are appended to; default `sluice-audit.jsonl`.
+    pub path: PathBuf,
+    /// How often buffered records are written out; default 1 s, > 0.
+    pub flush_interval: Duration,
+}
+
+/// SHA-256 of `key` as 64 lower-case hex digits: what goes into
+/// `keys = [{ sha256 = "..." }]`.
+pub fn sha256_hex(key: &str) -> String {
+    hex::encode(sha256(key))
+}
+
+/// SHA-256 of `key`.
+pub(crate) fn sha256(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}

@@ -1,0 +1,789 @@
+//! Layer two: checks a `RawConfig` and builds the typed `Config`.
+//!
+//! Every section is checked even after an error, and every finding is
+//! pushed with its key path, so one run reports all that is wrong. Defaults
+//! are filled in here, units are applied (`_ms` -> `Duration`), names are
+//! resolved to indices (`models[].provider` -> `Config::providers` index)
+//! and consumer keys are reduced to SHA-256 hashes. Cross-references are
+//! checked against the raw names, so a provider with a bad URL does not
+//! also make every model that uses it "unknown".
+//!
+//! Invariant: a section builder returns `None` only after pushing an error,
+//! so when no error was pushed every `Option` is `Some` and indices into the
+//! raw lists are indices into the typed ones.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::raw::{
+    RawAdmin, RawAudit, RawConfig, RawConsumer, RawKey, RawLimits, RawListener, RawModel,
+    RawProvider, RawTls, RawWorkers,
+};
+use crate::{
+    sha256, Admin, ApiKey, Audit, BaseUrl, Config, ConfigError, ConfigErrors, Consumer, Encoding,
+    Limits, Listener, Model, Provider, ProviderKind, TlsFiles, Workers,
+};
+
+/// Longest accepted timeout or interval: one day. Anything longer is almost
+/// certainly a unit mistake (seconds or microseconds written as `_ms`).
+const MAX_MS: u64 = 24 * 60 * 60 * 1000;
+/// Upper bound for `workers.count`.
+const MAX_WORKERS: u64 = 1024;
+/// Bounds for `limits.max_header_bytes`: below 1 KiB ordinary requests fail.
+const HEADER_BYTES: (u64, u64) = (1024, 1 << 20);
+/// Upper bound for `limits.max_body_bytes`: 1 GiB.
+const MAX_BODY_BYTES: u64 = 1 << 30;
+/// Upper bound for `providers[].max_idle_connections`.
+const MAX_IDLE_CONNECTIONS: u64 = 65_536;
+
+/// Validates `raw`; returns the config or every error found.
+pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut v = Validator::default();
+
+    let listeners = v.listeners(&raw.listeners);
+    let admin = v.admin(&raw.admin, &listeners);
+    let workers = v.workers(&raw.workers);
+    let limits = v.limits(&raw.limits);
+    let providers = v.providers(&raw.providers);
+    let models = v.models(&raw.models, &raw.providers);
+    let consumers = v.consumers(&raw.consumers, &raw.models);
+    let audit = v.audit(&raw.audit);
+
+    if !v.errors.is_empty() {
+        return Err(ConfigErrors(v.errors));
+    }
+    match (admin, workers, limits, audit) {
+        (Some(admin), Some(workers), Some(limits), Some(audit)) => Ok(Config {
+            listeners: listeners.into_iter().flatten().collect(),
+            admin,
+            workers,
+            limits,
+            providers: providers.into_iter().flatten().collect(),
+            models: models.into_iter().flatten().collect(),
+            consumers: consumers.into_iter().flatten().collect(),
+            audit,
+            warnings: v.warnings,
+        }),
+        // Unreachable by the invariant above; kept as an error, not a panic.
+        _ => Err(ConfigError::new("", "internal error: a section failed without an error").into()),
+    }
+}
+
+/// Collects errors and warnings while the sections are checked.
+#[derive(Default)]
+struct Validator {
+    /// Fatal findings, in the order found.
+    errors: Vec<ConfigError>,
+    /// Non-fatal findings as "path: message".
+    warnings: Vec<String>,
+}
+
+impl Validator {
+    /// Records an error at `path`.
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, message));
+    }
+
+    /// Records a warning at `path`.
+    fn warn(&mut self, path: &str, message: &str) {
+        self.warnings.push(format!("{path}: {message}"));
+    }
+
+    // ----- sections -------------------------------------------------------
+
+    /// `[[listeners]]`: at least one, addresses valid and distinct.
+    fn listeners(&mut self, raw: &[RawListener]) -> Vec<Option<Listener>> {
+        if raw.is_empty() {
+            self.error(
+                "listeners",
+                "at least one [[listeners]] entry is required, e.g. address = \"127.0.0.1:8080\"",
+            );
+        }
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, listener) in raw.iter().enumerate() {
+            let at = format!("listeners[{i}]");
+            let address = self.required_address(&format!("{at}.address"), &listener.address);
+            if let Some(address) = address {
+                // Port 0 means "any free port", so several may share it.
+                if address.port() != 0 {
+                    if let Some(first) = seen.insert(address, i) {
+                        self.error(
+                            format!("{at}.address"),
+                            format!("{address} is already used by listeners[{first}]"),
+                        );
+                    }
+                }
+            }
+            let tls = match &listener.tls {
+                None => Some(None),
+                Some(tls) => self.tls(&format!("{at}.tls"), tls).map(Some),
+            };
+            out.push(match (address, tls) {
+                (Some(address), Some(tls)) => Some(Listener { address, tls }),
+                _ => None,
+            });
+        }
+        out
+    }
+
+    /// A listener's `tls` table: both files present and readable.
+    fn tls(&mut self, at: &str, raw: &RawTls) -> Option<TlsFiles> {
+        let cert_file = self.required_file(&format!("{at}.cert_file"), &raw.cert_file);
+        let key_file = self.required_file(&format!("{at}.key_file"), &raw.key_file);
+        Some(TlsFiles {
+            cert_file: cert_file?,
+            key_file: key_file?,
+        })
+    }
+
+    /// `[admin]`: a valid address not taken by a listener.
+    fn admin(&mut self, raw: &RawAdmin, listeners: &[Option<Listener>]) -> Option<Admin> {
+        let address = match &raw.address {
+            None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+            Some(text) => self.address("admin.address", text)?,
+        };
+        if address.port() != 0 {
+            let clash = listeners
+                .iter()
+                .position(|l| l.as_ref().is_some_and(|l| l.address == address));
+            if let Some(i) = clash {
+                self.error(
+                    "admin.address",
+                    format!("{address} is already used by listeners[{i}]"),
+                );
+                return None;
+            }
+        }
+        Some(Admin { address })
+    }
+
+    /// `[workers]`.
+    fn workers(&mut self, raw: &RawWorkers) -> Option<Workers> {
+        let count = match raw.count {
+            None => Some(std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)),
+            // `size` has checked 1..=MAX_WORKERS, so `new` cannot see a zero.
+            Some(count) => self
+                .size("workers.count", Some(count), 1, (1, MAX_WORKERS))
+                .and_then(NonZeroUsize::new),
+        };
+        let drain_timeout = self.millis("workers.drain_timeout_ms", raw.drain_timeout_ms, 30_000);
+        Some(Workers {
+            count: count?,
+            pin_cpus: raw.pin_cpus.unwrap_or(false),
+            drain_timeout: drain_timeout?,
+        })
+    }
+
+    /// `[limits]`.
+    fn limits(&mut self, raw: &RawLimits) -> Option<Limits> {
+        let max_header_bytes = self.size(
+            "limits.max_header_bytes",
+            raw.max_header_bytes,
+            16 * 1024,
+            HEADER_BYTES,
+        );
+        let max_body_bytes = self.size(
+            "limits.max_body_bytes",
+            raw.max_body_bytes,
+            4 * 1024 * 1024,
+            (1, MAX_BODY_BYTES),
+        );
+        let header_timeout = self.millis("limits.header_timeout_ms", raw.header_timeout_ms, 10_000);
+        let body_timeout = self.millis("limits.body_timeout_ms", raw.body_timeout_ms, 30_000);
+        let idle_timeout = self.millis("limits.idle_timeout_ms", raw.idle_timeout_ms, 60_000);
+        Some(Limits {
+            max_header_bytes: max_header_bytes?,
+            max_body_bytes: max_body_bytes?,
+            header_timeout: header_timeout?,
+            body_timeout: body_timeout?,
+            idle_timeout: idle_timeout?,
+        })
+    }
+
+    /// `[[providers]]`: at least one, names unique.
+    fn providers(&mut self, raw: &[RawProvider]) -> Vec<Option<Provider>> {
+        if raw.is_empty() {
+            self.error(
+                "providers",
+                "at least one [[providers]] entry is required, e.g. name = \"openai\", \
+                 base_url = \"https://api.openai.com/v1\"",
+            );
+        }
+        let names: Vec<Option<&String>> = raw.iter().map(|p| p.name.as_ref()).collect();
+        raw.iter()
+            .enumerate()
+            .map(|(i, provider)| {
+                let at = format!("providers[{i}]");
+                let name = self.unique_name(&at, &names, i);
+                let provider = self.provider(&at, provider);
+                Some(Provider {
+                    name: name?,
+                    ..provider?
+                })
+            })
+            .collect()
+    }
+
+    /// One provider, except its name (checked by the caller).
+    fn provider(&mut self, at: &str, raw: &RawProvider) -> Option<Provider> {
+        let kind = match raw.kind.as_deref() {
+            None => Some(ProviderKind::OpenAi),
+            Some(text) => {
+                let kind = ProviderKind::parse(text);
+                if kind.is_none() {
+                    let known: Vec<&str> = ProviderKind::ALL.iter().map(|(n, _)| *n).collect();
+                    self.error(
+                        format!("{at}.kind"),
+                        format!(
+                            "unknown kind \"{text}\"; expected one of: {}",
+                            known.join(", ")
+                        ),
+                    );
+                }
+                kind
+            }
+        };
+        let base_url = match &raw.base_url {
+            None => {
+                self.error(
+                    format!("{at}.base_url"),
+                    "missing; set it, e.g. base_url = \"https://api.openai.com/v1\"",
+                );
+                None
+            }
+            Some(text) => match BaseUrl::parse(text) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    self.error(format!("{at}.base_url"), format!("{e} (got \"{text}\")"));
+                    None
+                }
+            },
+        };
+        let api_key = self.upstream_key(at, raw);
+        let connect_timeout = self.millis(
+            &format!("{at}.connect_timeout_ms"),
+            raw.connect_timeout_ms,
+            5_000,
+        );
+        let first_byte_timeout = self.millis(
+            &format!("{at}.first_byte_timeout_ms"),
+            raw.first_byte_timeout_ms,
+            60_000,
+        );
+        let idle_timeout = self.millis(
+            &format!("{at}.idle_timeout_ms"),
+            raw.idle_timeout_ms,
+            60_000,
+        );
+        let ca_file = match &raw.ca_file {
+            None => Some(None),
+            Some(path) => self.readable_file(&format!("{at}.ca_file"), path).map(Some),
+        };
+        let max_idle_connections = self.size(
+            &format!("{at}.max_idle_connections"),
+            raw.max_idle_connections,
+            64,
+            (0, MAX_IDLE_CONNECTIONS),
+        );
+
+        if let Some(url) = &base_url {
+            if !url.tls && !url.is_loopback() {
+                if matches!(api_key, Some(Some(_))) {
+                    self.warn(
+                        &format!("{at}.base_url"),
+                        "the upstream key is sent over plain http to a non-loopback host; use https",
+                    );
+                }
+                if matches!(ca_file, Some(Some(_))) {
+                    self.warn(&format!("{at}.ca_file"), "unused: base_url is plain http");
+                }
+            }
+        }
+
+        Some(Provider {
+            name: String::new(),
+            kind: kind?,
+            base_url: base_url?,
+            api_key: api_key?,
+            connect_timeout: connect_timeout?,
+            first_byte_timeout: first_byte_timeout?,
+            idle_timeout: idle_timeout?,
+            ca_file: ca_file?,
+            max_idle_connections: max_idle_connections?,
+        })
+    }
+
+    /// A provider's key: inline `api_key`, or read from `key_env`, or none.
+    fn upstream_key(&mut self, at: &str, raw: &RawProvider) -> Option<Option<String>> {
+        let (key, path) = match (&raw.api_key, &raw.key_env) {
+            (None, None) => return Some(None),
+            (Some(_), Some(_)) => {
+                self.error(
+                    format!("{at}.key_env"),
+                    "set either api_key or key_env, not both",
+                );
+                return None;
+            }
+            (Some(key), None) => (key.clone(), format!("{at}.api_key")),
+            (None, Some(var)) => {
+                let path = format!("{at}.key_env");
+                if var.is_empty() {
+                    self.error(path, "must name an environment variable");
+                    return None;
+                }
+                match std::env::var(var) {
+                    Ok(key) => (key, path),
+                    Err(std::env::VarError::NotPresent) => {
+                        self.error(
+                            path,
+                            format!("environment variable \"{var}\" is not set; export it or use api_key"),
+                        );
+                        return None;
+                    }
+                    Err(std::env::VarError::NotUnicode(_)) => {
+                        self.error(
+                            path,
+                            format!("environment variable \"{var}\" is not valid UTF-8"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        if key.is_empty() {
+            self.error(
+                path,
+                "the key is empty; remove api_key/key_env to send no key",
+            );
+            return None;
+        }
+        if !is_header_token(&key) {
+            // It becomes `Authorization: Bearer <key>`: a newline would split
+            // the header, so only visible ASCII is accepted.
+            self.error(
+                path,
+                "the key may contain only visible ASCII characters (no spaces or newlines)",
+            );
+            return None;
+        }
+        Some(Some(key))
+    }
+
+    /// `[[models]]`: at least one, names unique, providers known.
+    fn models(&mut self, raw: &[RawModel], providers: &[RawProvider]) -> Vec<Option<Model>> {
+        if raw.is_empty() {
+            self.error(
+                "models",
+                "at least one [[models]] entry is required, e.g. name = \"gpt-4o-mini\", \
+                 provider = \"openai\"",
+            );
+        }
+        let names: Vec<Option<&String>> = raw.iter().map(|m| m.name.as_ref()).collect();
+        raw.iter()
+            .enumerate()
+            .map(|(i, model)| {
+                let at = format!("models[{i}]");
+                let name = self.unique_name(&at, &names, i);
+                let provider = match &model.provider {
+                    None => {
+                        self.error(
+                            format!("{at}.provider"),
+                            "missing; name one of the [[providers]]",
+                        );
+                        None
+                    }
+                    Some(wanted) => {
+                        let index = providers
+                            .iter()
+                            .position(|p| p.name.as_ref() == Some(wanted));
+                        if index.is_none() {
+                            let mut known: Vec<&str> = Vec::new();
+                            for name in providers.iter().filter_map(|p| p.name.as_deref()) {
+                                if !known.contains(&name) {
+                                    known.push(name);
+                                }
+                            }
+                            self.error(
+                                format!("{at}.provider"),
+                                format!(
+                                    "unknown provider \"{wanted}\"; configured: {}",
+                                    quoted_list(&known)
+                                ),
+                            );
+                        }
+                        index
+                    }
+                };
+                let upstream_model = match (&model.upstream_model, &name) {
+                    (Some(upstream), _) if upstream.trim().is_empty() => {
+                        self.error(
+                            format!("{at}.upstream_model"),
+                            "must not be empty; remove it to send the public name",
+                        );
+                        None
+                    }
+                    (Some(upstream), _) => Some(upstream.clone()),
+                    (None, name) => name.clone(),
+                };
+                let encoding = match model.encoding.as_deref() {
+                    None => Some(Encoding::default()),
+                    Some(text) => {
+                        let encoding = Encoding::parse(text);
+                        if encoding.is_none() {
+                            let known: Vec<&str> =
+                                Encoding::ALL.iter().map(|e| e.as_str()).collect();
+                            self.error(
+                                format!("{at}.encoding"),
+                                format!(
+                                    "unknown encoding \"{text}\"; expected one of: {}",
+                                    known.join(", ")
+                                ),
+                            );
+                        }
+                        encoding
+                    }
+                };
+                Some(Model {
+                    name: name?,
+                    provider: provider?,
+                    upstream_model: upstream_model?,
+                    encoding: encoding?,
+                })
+            })
+            .collect()
+    }
+
+    /// `[[consumers]]`: names unique, keys valid and never shared, allowed
+    /// models known.
+    fn consumers(&mut self, raw: &[RawConsumer], models: &[RawModel]) -> Vec<Option<Consumer>> {
+        let names: Vec<Option<&String>> = raw.iter().map(|c| c.name.as_ref()).collect();
+        // Hash -> path of the key that first used it.
+        let mut owners: HashMap<[u8; 32], String> = HashMap::new();
+        raw.iter()
+            .enumerate()
+            .map(|(i, consumer)| {
+                let at = format!("consumers[{i}]");
+                let name = self.unique_name(&at, &names, i);
+                let keys = self.consumer_keys(&at, name.as_deref(), &consumer.keys, &mut owners);
+                let allowed_models = match &consumer.allowed_models {
+                    None => Some(None),
+                    Some(list) => self.allowed_models(&at, list, models).map(Some),
+                };
+                Some(Consumer {
+                    name: name?,
+                    keys: keys?,
+                    allowed_models: allowed_models?,
+                })
+            })
+            .collect()
+    }
+
+    /// A consumer's `keys`: at least one; each a sha256 or a plain key.
+    fn consumer_keys(
+        &mut self,
+        at: &str,
+        consumer: Option<&str>,
+        raw: &[RawKey],
+        owners: &mut HashMap<[u8; 32], String>,
+    ) -> Option<Vec<ApiKey>> {
+        if raw.is_empty() {
+            self.error(
+                format!("{at}.keys"),
+                "at least one key is required, e.g. keys = [{ sha256 = \"<64 hex digits>\" }]",
+            );
+            return None;
+        }
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut keys = Vec::with_capacity(raw.len());
+        let mut ok = true;
+        for (k, key) in raw.iter().enumerate() {
+            let key_at = format!("{at}.keys[{k}]");
+            let id = match &key.id {
+                Some(id) if id.trim().is_empty() => {
+                    self.error(
+                        format!("{key_at}.id"),
+                        "must not be empty; remove it for the default",
+                    );
+                    None
+                }
+                Some(id) => Some(id.clone()),
+                None => consumer.map(|name| format!("{name}#{k}")),
+            };
+            if let Some(id) = &key.id {
+                if let Some(first) = ids.insert(id, k) {
+                    self.error(
+                        format!("{key_at}.id"),
+                        format!("duplicate id \"{id}\" (also {at}.keys[{first}])"),
+                    );
+                }
+            }
+            let hash = self.key_hash(&key_at, key);
+            if let Some(hash) = hash {
+                if let Some(first) = owners.get(&hash) {
+                    self.error(
+                        key_at.clone(),
+                        format!("same key as {first}; every key must be unique"),
+                    );
+                } else {
+                    owners.insert(hash, key_at);
+                }
+            }
+            match (id, hash) {
+                (Some(id), Some(sha256)) => keys.push(ApiKey { id, sha256 }),
+                _ => ok = false,
+            }
+        }
+        // A missing consumer name leaves ids unset but has its own error.
+        ok.then_some(keys)
+    }
+
+    /// The SHA-256 of one key entry, from `sha256` or by hashing `plain`.
+    fn key_hash(&mut self, at: &str, raw: &RawKey) -> Option<[u8; 32]> {
+        match (&raw.sha256, &raw.plain) {
+            (None, None) => {
+                self.error(
+                    at,
+                    "set sha256 = \"<64 hex digits>\" (or plain = \"<key>\" for testing)",
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                self.error(at, "set either sha256 or plain, not both");
+                None
+            }
+            (Some(hex_text), None) => {
+                let mut hash = [0u8; 32];
+                match hex::decode_to_slice(hex_text, &mut hash) {
+                    Ok(()) => Some(hash),
+                    Err(_) => {
+                        self.error(
+                            format!("{at}.sha256"),
+                            format!(
+                                "expected 64 hex digits (the SHA-256 of the key), got \"{hex_text}\""
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, Some(plain)) => {
+                if plain.is_empty() || !is_header_token(plain) {
+                    self.error(
+                        format!("{at}.plain"),
+                        "a key must be non-empty visible ASCII (no spaces or newlines)",
+                    );
+                    return None;
+                }
+                self.warn(at, "plain-text key; store its sha256 instead");
+                Some(sha256(plain))
+            }
+        }
+    }
+
+    /// A consumer's `allowed_models`: non-empty, each a configured model.
+    fn allowed_models(
+        &mut self,
+        at: &str,
+        list: &[String],
+        models: &[RawModel],
+    ) -> Option<Vec<String>> {
+        if list.is_empty() {
+            self.error(
+                format!("{at}.allowed_models"),
+                "an empty list allows no model; remove the key to allow every model",
+            );
+            return None;
+        }
+        let mut ok = true;
+        for (j, wanted) in list.iter().enumerate() {
+            if !models.iter().any(|m| m.name.as_ref() == Some(wanted)) {
+                self.error(
+                    format!("{at}.allowed_models[{j}]"),
+                    format!("unknown model \"{wanted}\""),
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| list.to_vec())
+    }
+
+    /// `[audit]`.
+    fn audit(&mut self, raw: &RawAudit) -> Option<Audit> {
+        let path = match &raw.path {
+            None => Some(PathBuf::from("sluice-audit.jsonl")),
+            Some(path) if path.as_os_str().is_empty() => {
+                self.error("audit.path", "must not be empty");
+                None
+            }
+            Some(path) => Some(path.clone()),
+        };
+        let flush_interval = self.millis("audit.flush_interval_ms", raw.flush_interval_ms, 1_000);
+        Some(Audit {
+            path: path?,
+            flush_interval: flush_interval?,
+        })
+    }
+
+    // ----- shared checks --------------------------------------------------
+
+    /// `<at>.name`: present, non-blank, and not used by an earlier entry of
+    /// the same list (`names` holds every entry's name, in order).
+    fn unique_name(&mut self, at: &str, names: &[Option<&String>], i: usize) -> Option<String> {
+        let path = format!("{at}.name");
+        let name = match names.get(i).copied().flatten() {
+            None => {
+                self.error(path, "missing; every entry needs a unique name");
+                return None;
+            }
+            Some(name) if name.trim().is_empty() => {
+                self.error(path, "must not be empty");
+                return None;
+            }
+            Some(name) => name,
+        };
+        let list = at.split('[').next().unwrap_or(at);
+        if let Some(first) = names.iter().take(i).position(|n| *n == Some(name)) {
+            self.error(
+                path,
+                format!("duplicate name \"{name}\" (also {list}[{first}])"),
+            );
+            return None;
+        }
+        Some(name.clone())
+    }
+
+    /// A required socket address.
+    fn required_address(&mut self, path: &str, raw: &Option<String>) -> Option<SocketAddr> {
+        match raw {
+            Some(text) => self.address(path, text),
+            None => {
+                self.error(path, "missing; set an IP:port, e.g. \"127.0.0.1:8080\"");
+                None
+            }
+        }
+    }
+
+    /// An `IP:port` socket address (`[v6]:port` for IPv6).
+    fn address(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.error(
+                    path,
+                    format!(
+                        "invalid socket address \"{text}\"; expected IP:port such as \
+                         \"127.0.0.1:8080\" or \"[::1]:8080\" (host names are not resolved)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A required path to a readable file.
+    fn required_file(&mut self, path: &str, raw: &Option<PathBuf>) -> Option<PathBuf> {
+        match raw {
+            Some(file) => self.readable_file(path, file),
+            None => {
+                self.error(path, "missing; set the path of a PEM file");
+                None
+            }
+        }
+    }
+
+    /// A path that must name a readable regular file right now.
+    fn readable_file(&mut self, path: &str, file: &Path) -> Option<PathBuf> {
+        if file.as_os_str().is_empty() {
+            self.error(path, "must not be empty");
+            return None;
+        }
+        let shown = file.display();
+        match std::fs::metadata(file) {
+            Err(e) => {
+                self.error(path, format!("cannot read \"{shown}\": {e}"));
+                return None;
+            }
+            Ok(meta) if !meta.is_file() => {
+                self.error(path, format!("\"{shown}\" is not a regular file"));
+                return None;
+            }
+            Ok(_) => {}
+        }
+        // Metadata does not prove read permission; opening does.
+        if let Err(e) = std::fs::File::open(file) {
+            self.error(path, format!("cannot read \"{shown}\": {e}"));
+            return None;
+        }
+        Some(file.to_path_buf())
+    }
+
+    /// A `_ms` key: default when absent, else 1..=MAX_MS.
+    fn millis(&mut self, path: &str, raw: Option<u64>, default_ms: u64) -> Option<Duration> {
+        let ms = raw.unwrap_or(default_ms);
+        if ms == 0 {
+            self.error(path, "must be > 0");
+            return None;
+        }
+        if ms > MAX_MS {
+            self.error(
+                path,
+                format!("{ms} ms is more than a day (max {MAX_MS}); the unit is milliseconds"),
+            );
+            return None;
+        }
+        Some(Duration::from_millis(ms))
+    }
+
+    /// A size or count: default when absent, else within `min..=max`.
+    fn size(
+        &mut self,
+        path: &str,
+        raw: Option<u64>,
+        default: u64,
+        (min, max): (u64, u64),
+    ) -> Option<usize> {
+        let value = self.in_range(path, raw.unwrap_or(default), min, max)?;
+        match usize::try_from(value) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                self.error(path, format!("{value} does not fit this machine's usize"));
+                None
+            }
+        }
+    }
+
+    /// `value` within `min..=max`.
+    fn in_range(&mut self, path: &str, value: u64, min: u64, max: u64) -> Option<u64> {
+        if value < min || value > max {
+            let message = if min == 1 && value == 0 {
+                format!("must be > 0 (max {max})")
+            } else {
+                format!("{value} is out of range {min}..={max}")
+            };
+            self.error(path, message);
+            return None;
+        }
+        Some(value)
+    }
+}
+
+/// Visible ASCII only: safe inside an HTTP header value.
+fn is_header_token(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `"a", "b"` or `(none)`.
+fn quoted_list(items: &[&str]) -> String {
+    if items.is_empty() {
+        return "(none)".into();
+    }
+    items
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

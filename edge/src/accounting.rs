@@ -1,0 +1,149 @@
+//! Chain stage 3: token accounting on every response, streamed or not.
+//!
+//! Each upstream SSE `data:` event (or the whole body of a non-streamed
+//! answer) is parsed with simd-json into buffers this core keeps and reuses:
+//! simd-json parses in place, so it works on a copy while the original bytes
+//! go to the client untouched. From each event it takes the provider's
+//! `usage` (prompt, completion and cached prompt tokens) and the generated
+//! text. The usage-only chunk that sluice asked for on the client's behalf
+//! is held back unless the client asked for it too. When the response is
+//! over and the provider reported nothing (it omits usage, or the client
+//! went away first), `on_done` counts prompt and generated text with the
+//! model's tokenizer and marks the usage estimated.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use simd_json::prelude::*;
+use simd_json::tape::{Tape, Value};
+use sluice_config::Config;
+
+use crate::filter::{Filter, RequestCtx, UsageSource, Verdict};
+use crate::{sse, tokens};
+
+/// Per-core parse buffers, reused for every event.
+struct Scratch {
+    copy: Vec<u8>,
+    buffers: simd_json::Buffers,
+    tape: Option<Tape<'static>>,
+}
+
+pub struct Accounting {
+    config: Arc<Config>,
+    scratch: RefCell<Scratch>,
+}
+
+impl Accounting {
+    pub fn new(config: Arc<Config>) -> Self {
+        Accounting {
+            config,
+            scratch: RefCell::new(Scratch {
+                copy: Vec::with_capacity(4096),
+                buffers: simd_json::Buffers::new(4096),
+                tape: Some(Tape::null().reset()),
+            }),
+        }
+    }
+}
+
+/// What one event told us.
+#[derive(Default)]
+struct Seen {
+    usage: Option<(u64, u64, u64)>,
+    usage_only: bool,
+}
+
+fn read_event(v: Value<'_, '_>, text: &mut String) -> Seen {
+    let mut seen = Seen::default();
+    if let Some(u) = v.get("usage") {
+        if u.is_object() {
+            let prompt = u
+                .get("prompt_tokens")
+                .and_then(|x| x.as_u64())
+                .or_else(|| u.get("input_tokens").and_then(|x| x.as_u64()))
+                .unwrap_or(0);
+            let completion = u
+                .get("completion_tokens")
+                .and_then(|x| x.as_u64())
+                .or_else(|| u.get("output_tokens").and_then(|x| x.as_u64()))
+                .unwrap_or(0);
+            let cached = u
+                .get("prompt_tokens_details")
+                .and_then(|d| d.get("cached_tokens"))
+                .and_then(|x| x.as_u64())
+                .unwrap_or(0);
+            seen.usage = Some((prompt, completion, cached));
+        }
+    }
+    if let Some(choices) = v.get("choices").and_then(|c| c.as_array()) {
+        if choices.is_empty() {
+            seen.usage_only = seen.usage.is_some();
+        }
+        for choice in choices.iter() {
+            let piece = choice
+                .get("delta")
+                .and_then(|d| d.get("content"))
+                .or_else(|| choice.get("message").and_then(|m| m.get("content")))
+                .or_else(|| choice.get("text"))
+                .and_then(|t| t.into_string());
+            if let Some(piece) = piece {
+                text.push_str(piece);
+            }
+        }
+    }
+    seen
+}
+
+impl Filter for Accounting {
+    fn on_event(&self, ctx: &mut RequestCtx, data: &[u8]) -> Verdict {
+        if sse::is_done(data) {
+            return Verdict::Forward;
+        }
+        let mut scratch = self.scratch.borrow_mut();
+        let Scratch {
+            copy,
+            buffers,
+            tape: slot,
+        } = &mut *scratch;
+        copy.clear();
+        copy.extend_from_slice(data);
+        let mut tape: Tape<'_> = slot.take().unwrap_or_else(Tape::null).reset();
+        let seen = match simd_json::fill_tape(copy, buffers, &mut tape) {
+            Ok(()) => read_event(tape.as_value(), &mut ctx.completion_text),
+            Err(_) => Seen::default(),
+        };
+        *slot = Some(tape.reset());
+        if let Some((prompt, completion, cached)) = seen.usage {
+            ctx.usage.prompt = prompt;
+            ctx.usage.completion = completion;
+            ctx.usage.cached = cached;
+            ctx.usage.source = UsageSource::Provider;
+        }
+        if seen.usage_only && ctx.stream && !ctx.client_wants_usage {
+            Verdict::Drop
+        } else {
+            Verdict::Forward
+        }
+    }
+
+    fn on_done(&self, ctx: &mut RequestCtx) {
+        if ctx.usage.source != UsageSource::None {
+            return;
+        }
+        // Only an answer the provider produced (2xx) costs tokens.
+        let produced = matches!(ctx.upstream_status, Some(s) if (200..300).contains(&s));
+        let (Some(model), Some(endpoint)) = (ctx.model, ctx.endpoint) else {
+            return;
+        };
+        let Some(model) = self.config.models.get(model) else {
+            return;
+        };
+        if !produced {
+            return;
+        }
+        ctx.usage.prompt =
+            tokens::prompt_tokens(model.encoding, endpoint.as_str(), &ctx.upstream_body);
+        ctx.usage.completion = tokens::count(model.encoding, &ctx.completion_text);
+        ctx.usage.source = UsageSource::Estimated;
+    }
+}

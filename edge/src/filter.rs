@@ -1,0 +1,256 @@
+//! The policy chain: the stages every proxied request passes through.
+//!
+//! A stage implements [`Filter`]. The proxy driver (`proxy::handle`) calls
+//! the hooks of [`Chain`]'s stages in field order: `on_request` once the
+//! request head and body are in, `on_event` for every upstream SSE event
+//! (or once with a whole non-streamed body), and `on_done` exactly once when
+//! the exchange is over, however it ended. Stages are per core (built by
+//! each worker from the config snapshot) so they keep scratch state in
+//! `RefCell`s with no locking; dispatch is static. Everything a stage learns
+//! about a request goes into [`RequestCtx`], which the audit record is made
+//! from at the end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sluice_config::Config;
+
+use crate::accounting::Accounting;
+use crate::auth::Auth;
+use crate::error::{Error, ErrorKind};
+use crate::http::RequestHead;
+use crate::route::Route;
+
+/// Where the token counts on a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsageSource {
+    /// No tokens were used (rejected, or the upstream failed).
+    #[default]
+    None,
+    /// The provider's `usage` object.
+    Provider,
+    /// Counted by sluice with the model's tokenizer.
+    Estimated,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::None => "none",
+            UsageSource::Provider => "provider",
+            UsageSource::Estimated => "estimated",
+        }
+    }
+}
+
+/// Token usage of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+    /// Prompt tokens the provider served from its prompt cache.
+    pub cached: u64,
+    pub source: UsageSource,
+}
+
+/// The API endpoints sluice serves on its data-plane listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Models,
+}
+
+impl Endpoint {
+    /// The endpoint for a method and path; `Err` says whether the path
+    /// exists for another method (405) or not at all (404).
+    pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ErrorKind> {
+        let path = path.split('?').next().unwrap_or(path);
+        let (endpoint, wanted) = match path {
+            "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
+            "/v1/completions" => (Endpoint::Completions, "POST"),
+            "/v1/embeddings" => (Endpoint::Embeddings, "POST"),
+            "/v1/models" => (Endpoint::Models, "GET"),
+            _ => return Err(ErrorKind::NotFound),
+        };
+        if method == wanted {
+            Ok(endpoint)
+        } else {
+            Err(ErrorKind::MethodNotAllowed)
+        }
+    }
+
+    /// The path under the provider's base URL (`/v1` is the base's job).
+    pub fn upstream_suffix(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Models => "/models",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Models => "/v1/models",
+        }
+    }
+}
+
+/// A request as the connection loop hands it to the proxy.
+pub struct Request {
+    pub head: RequestHead,
+    pub body: Vec<u8>,
+}
+
+/// Everything known about one request; the audit record is made from it.
+pub struct RequestCtx {
+    pub id: String,
+    /// When the request head was complete.
+    pub received: Instant,
+    pub time: SystemTime,
+    pub peer: SocketAddr,
+    pub endpoint: Option<Endpoint>,
+    /// Index into `config.consumers`, once authenticated.
+    pub consumer: Option<usize>,
+    /// Index into that consumer's keys.
+    pub key: Option<usize>,
+    /// The `model` the client asked for.
+    pub model_requested: Option<String>,
+    /// Index into `config.models`, once routed.
+    pub model: Option<usize>,
+    /// Index into `config.providers`, once routed.
+    pub provider: Option<usize>,
+    pub stream: bool,
+    /// The client asked for the usage chunk itself.
+    pub client_wants_usage: bool,
+    pub max_tokens: Option<u64>,
+    /// The body to send upstream (the client's, rewritten by the chain).
+    pub upstream_body: Vec<u8>,
+    pub usage: Usage,
+    /// Generated text seen so far, for estimating completion tokens.
+    pub completion_text: String,
+    /// Status sent to the client (499 when it went away first).
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub error: Option<ErrorKind>,
+    pub error_message: Option<String>,
+    /// Time to the first response byte sent to the client.
+    pub ttft: Option<Duration>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl RequestCtx {
+    pub fn new(id: String, peer: SocketAddr, received: Instant) -> Self {
+        RequestCtx {
+            id,
+            received,
+            time: SystemTime::now(),
+            peer,
+            endpoint: None,
+            consumer: None,
+            key: None,
+            model_requested: None,
+            model: None,
+            provider: None,
+            stream: false,
+            client_wants_usage: false,
+            max_tokens: None,
+            upstream_body: Vec::new(),
+            usage: Usage::default(),
+            completion_text: String::new(),
+            status: 0,
+            upstream_status: None,
+            error: None,
+            error_message: None,
+            ttft: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// Record a failure (the first one wins: later ones are consequences).
+    pub fn fail(&mut self, error: &Error) {
+        if self.error.is_none() {
+            self.error = Some(error.kind);
+            self.error_message = Some(error.message.to_string());
+        }
+    }
+}
+
+/// What to do with one upstream event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it to the client as received.
+    Forward,
+    /// Keep it from the client (e.g. the usage chunk it did not ask for).
+    Drop,
+}
+
+/// One stage of the policy chain.
+pub trait Filter {
+    /// Runs once the request head and body are read, before anything goes
+    /// upstream. `Err` answers the client at once with that error; the later
+    /// stages' `on_request` do not run, every stage's `on_done` still does.
+    fn on_request(&self, _ctx: &mut RequestCtx, _req: &mut Request) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Runs for each upstream SSE event's `data` (and once with the whole
+    /// body of a non-streamed 2xx response). Synchronous and on the hot
+    /// path: no allocation per event beyond what the stage must keep.
+    fn on_event(&self, _ctx: &mut RequestCtx, _data: &[u8]) -> Verdict {
+        Verdict::Forward
+    }
+
+    /// Runs exactly once per request when it is over — success, rejection,
+    /// upstream failure or client abort — before the audit record is written.
+    fn on_done(&self, _ctx: &mut RequestCtx) {}
+}
+
+/// The stages, in the order they run.
+pub struct Chain {
+    pub auth: Auth,
+    pub route: Route,
+    pub accounting: Accounting,
+}
+
+impl Chain {
+    pub fn new(config: &Arc<Config>) -> Self {
+        Chain {
+            auth: Auth::new(config),
+            route: Route::new(config.clone()),
+            accounting: Accounting::new(config.clone()),
+        }
+    }
+
+    pub fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
+        self.auth.on_request(ctx, req)?;
+        self.route.on_request(ctx, req)?;
+        self.accounting.on_request(ctx, req)
+    }
+
+    pub fn on_event(&self, ctx: &mut RequestCtx, data: &[u8]) -> Verdict {
+        // Every stage sees every event; any stage may hold one back.
+        let mut verdict = self.auth.on_event(ctx, data);
+        if self.route.on_event(ctx, data) == Verdict::Drop {
+            verdict = Verdict::Drop;
+        }
+        if self.accounting.on_event(ctx, data) == Verdict::Drop {
+            verdict = Verdict::Drop;
+        }
+        verdict
+    }
+
+    pub fn on_done(&self, ctx: &mut RequestCtx) {
+        self.auth.on_done(ctx);
+        self.route.on_done(ctx);
+        self.accounting.on_done(ctx);
+    }
+}

@@ -1,0 +1,28 @@
+//! sluice's data plane: a thread-per-core, OpenAI-compatible AI gateway.
+//!
+//! Request path (one function, `proxy::handle`): connection loop (`conn`)
+//! → policy chain (`filter`: `auth` → `route` → `accounting`) → upstream
+//! (`upstream`) → relay (SSE event by event, `sse` + `http` framing) →
+//! `Core::finish` (metrics, audit). `server` starts the cores, `admin`
+//! serves metrics and health.
+
+pub mod accounting;
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod body;
+pub mod conn;
+pub mod error;
+pub mod filter;
+pub mod http;
+pub mod io;
+pub mod log;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod sse;
+pub mod tls;
+pub mod tokens;
+pub mod upstream;
+pub mod worker;

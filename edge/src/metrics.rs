@@ -1,0 +1,313 @@
+//! Metrics: per-core counters and histograms, merged on scrape.
+//!
+//! Each worker core owns one [`CoreMetrics`]. Gauges are atomics; the
+//! labelled counters and the hdrhistograms sit behind a mutex that only the
+//! owning core takes on the request path (once, when a request finishes),
+//! so it is never contended except for the instant a scrape copies it. The
+//! admin listener's `/metrics` merges every core's state and renders the
+//! Prometheus text exposition format (version 0.0.4).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hdrhistogram::Histogram;
+use sluice_config::Config;
+
+use crate::error::ErrorKind;
+use crate::filter::{RequestCtx, UsageSource};
+
+/// Label index for "no model / no consumer known".
+const NONE: u32 = u32::MAX;
+
+/// Histogram buckets in seconds for latency and TTFT.
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+#[derive(Clone)]
+struct Inner {
+    /// (model, consumer, status) → requests.
+    requests: HashMap<(u32, u32, u16), u64>,
+    /// (consumer, model) → [prompt, completion, cached] tokens.
+    tokens: HashMap<(u32, u32), [u64; 3]>,
+    /// Requests whose usage sluice estimated.
+    estimated: u64,
+    /// (provider, kind) → upstream errors.
+    upstream_errors: HashMap<(u32, ErrorKind), u64>,
+    latency_us: Histogram<u64>,
+    latency_sum_us: u64,
+    ttft_us: Histogram<u64>,
+    ttft_sum_us: u64,
+}
+
+impl Inner {
+    fn new() -> Self {
+        // 1 µs .. 1 hour, 3 significant digits; the bounds are constants
+        // that hdrhistogram accepts, so construction cannot fail.
+        let hist = || {
+            Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+        };
+        Inner {
+            requests: HashMap::new(),
+            tokens: HashMap::new(),
+            estimated: 0,
+            upstream_errors: HashMap::new(),
+            latency_us: hist(),
+            latency_sum_us: 0,
+            ttft_us: hist(),
+            ttft_sum_us: 0,
+        }
+    }
+
+    fn merge(&mut self, other: &Inner) {
+        for (k, v) in &other.requests {
+            *self.requests.entry(*k).or_default() += v;
+        }
+        for (k, v) in &other.tokens {
+            let e = self.tokens.entry(*k).or_default();
+            for i in 0..3 {
+                e[i] += v[i];
+            }
+        }
+        self.estimated += other.estimated;
+        for (k, v) in &other.upstream_errors {
+            *self.upstream_errors.entry(*k).or_default() += v;
+        }
+        let _ = self.latency_us.add(&other.latency_us);
+        self.latency_sum_us += other.latency_sum_us;
+        let _ = self.ttft_us.add(&other.ttft_us);
+        self.ttft_sum_us += other.ttft_sum_us;
+    }
+}
+
+/// One core's metrics.
+pub struct CoreMetrics {
+    pub open_connections: AtomicI64,
+    pub open_streams: AtomicI64,
+    pub accepted: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+impl Default for CoreMetrics {
+    fn default() -> Self {
+        CoreMetrics {
+            open_connections: AtomicI64::new(0),
+            open_streams: AtomicI64::new(0),
+            accepted: AtomicU64::new(0),
+            inner: Mutex::new(Inner::new()),
+        }
+    }
+}
+
+/// Decrements a gauge when dropped.
+pub struct GaugeGuard<'a>(&'a AtomicI64);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn idx(i: Option<usize>) -> u32 {
+    i.map_or(NONE, |i| i as u32)
+}
+
+impl CoreMetrics {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere; the counters are still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn connection_guard(&self) -> GaugeGuard<'_> {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(&self.open_connections)
+    }
+
+    pub fn stream_guard(&self) -> GaugeGuard<'_> {
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(&self.open_streams)
+    }
+
+    pub fn upstream_error(&self, provider: usize, kind: ErrorKind) {
+        *self
+            .lock()
+            .upstream_errors
+            .entry((provider as u32, kind))
+            .or_default() += 1;
+    }
+
+    /// Count a finished request.
+    pub fn record(&self, ctx: &RequestCtx) {
+        let latency = ctx.received.elapsed().as_micros() as u64;
+        let mut m = self.lock();
+        *m.requests
+            .entry((idx(ctx.model), idx(ctx.consumer), ctx.status))
+            .or_default() += 1;
+        if ctx.usage.source != UsageSource::None {
+            let t = m
+                .tokens
+                .entry((idx(ctx.consumer), idx(ctx.model)))
+                .or_default();
+            t[0] += ctx.usage.prompt;
+            t[1] += ctx.usage.completion;
+            t[2] += ctx.usage.cached;
+            if ctx.usage.source == UsageSource::Estimated {
+                m.estimated += 1;
+            }
+        }
+        let _ = m.latency_us.record(latency.max(1));
+        m.latency_sum_us += latency;
+        if let Some(ttft) = ctx.ttft {
+            let us = ttft.as_micros() as u64;
+            let _ = m.ttft_us.record(us.max(1));
+            m.ttft_sum_us += us;
+        }
+    }
+}
+
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Render every core's metrics, merged, in Prometheus text format.
+pub fn render(config: &Config, cores: &[Arc<CoreMetrics>]) -> String {
+    let mut total = Inner::new();
+    let (mut conns, mut streams, mut accepted) = (0i64, 0i64, 0u64);
+    for core in cores {
+        let snapshot = core.lock().clone();
+        total.merge(&snapshot);
+        conns += core.open_connections.load(Ordering::Relaxed);
+        streams += core.open_streams.load(Ordering::Relaxed);
+        accepted += core.accepted.load(Ordering::Relaxed);
+    }
+    let model = |i: u32| -> String {
+        config
+            .models
+            .get(i as usize)
+            .map_or_else(|| "none".to_string(), |m| escape(&m.name))
+    };
+    let consumer = |i: u32| -> String {
+        config
+            .consumers
+            .get(i as usize)
+            .map_or_else(|| "anonymous".to_string(), |c| escape(&c.name))
+    };
+    let mut out = String::with_capacity(4096);
+    let _ = writeln!(out, "# HELP sluice_requests_total Requests finished, by model, consumer and status sent to the client.");
+    let _ = writeln!(out, "# TYPE sluice_requests_total counter");
+    let mut rows: Vec<_> = total.requests.iter().collect();
+    rows.sort();
+    for ((m, c, s), v) in rows {
+        let _ = writeln!(
+            out,
+            "sluice_requests_total{{model=\"{}\",consumer=\"{}\",status=\"{}\"}} {v}",
+            model(*m),
+            consumer(*c),
+            s
+        );
+    }
+    let _ = writeln!(out, "# HELP sluice_tokens_total Tokens used, by consumer, model and direction (cached is the part of input served from the provider's prompt cache).");
+    let _ = writeln!(out, "# TYPE sluice_tokens_total counter");
+    let mut rows: Vec<_> = total.tokens.iter().collect();
+    rows.sort();
+    for ((c, m), t) in rows {
+        for (dir, v) in [("input", t[0]), ("output", t[1]), ("cached", t[2])] {
+            let _ = writeln!(
+                out,
+                "sluice_tokens_total{{consumer=\"{}\",model=\"{}\",direction=\"{dir}\"}} {v}",
+                consumer(*c),
+                model(*m)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP sluice_usage_estimated_total Requests whose token usage sluice counted itself because the provider reported none.");
+    let _ = writeln!(out, "# TYPE sluice_usage_estimated_total counter");
+    let _ = writeln!(out, "sluice_usage_estimated_total {}", total.estimated);
+    let _ = writeln!(
+        out,
+        "# HELP sluice_upstream_errors_total Upstream failures by provider and kind."
+    );
+    let _ = writeln!(out, "# TYPE sluice_upstream_errors_total counter");
+    let mut rows: Vec<_> = total
+        .upstream_errors
+        .iter()
+        .map(|((p, k), v)| (*p, k.as_str(), *v))
+        .collect();
+    rows.sort();
+    for (p, k, v) in rows {
+        let name = config
+            .providers
+            .get(p as usize)
+            .map_or("unknown", |p| p.name.as_str());
+        let _ = writeln!(
+            out,
+            "sluice_upstream_errors_total{{provider=\"{}\",kind=\"{k}\"}} {v}",
+            escape(name)
+        );
+    }
+    histogram(
+        &mut out,
+        "sluice_request_duration_seconds",
+        "Time from request head received to response end.",
+        &total.latency_us,
+        total.latency_sum_us,
+    );
+    histogram(&mut out, "sluice_time_to_first_byte_seconds", "Time from request head received to the first response byte sent (first event for streams).", &total.ttft_us, total.ttft_sum_us);
+    let _ = writeln!(
+        out,
+        "# HELP sluice_open_connections Downstream connections open now."
+    );
+    let _ = writeln!(out, "# TYPE sluice_open_connections gauge");
+    let _ = writeln!(out, "sluice_open_connections {conns}");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_open_streams Streamed responses in progress now."
+    );
+    let _ = writeln!(out, "# TYPE sluice_open_streams gauge");
+    let _ = writeln!(out, "sluice_open_streams {streams}");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_connections_accepted_total Downstream connections accepted, by worker core."
+    );
+    let _ = writeln!(out, "# TYPE sluice_connections_accepted_total counter");
+    for (i, core) in cores.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "sluice_connections_accepted_total{{worker=\"{i}\"}} {}",
+            core.accepted.load(Ordering::Relaxed)
+        );
+    }
+    let _ = accepted;
+    out
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram<u64>, sum_us: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for bound in BUCKETS {
+        let us = (bound * 1e6) as u64;
+        let n = if h.is_empty() {
+            0
+        } else {
+            h.count_between(0, us)
+        };
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {}", h.len());
+}

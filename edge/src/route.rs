@@ -1,0 +1,71 @@
+//! Chain stage 2: which model, which provider, and the upstream body.
+//!
+//! Reads the JSON body (400 when it is not a valid request), finds the
+//! public model name among the configured models (404 `model_not_found`),
+//! checks the consumer may use it (403), and prepares the upstream body:
+//! the provider's model name in `model`, and for streams
+//! `stream_options.include_usage` switched on so the provider reports usage
+//! (the accounting stage later hides that chunk from clients that did not
+//! ask for it). `GET /v1/models` has no body and passes through untouched.
+
+use std::sync::Arc;
+
+use sluice_config::Config;
+
+use crate::body;
+use crate::error::{Error, ErrorKind};
+use crate::filter::{Endpoint, Filter, Request, RequestCtx};
+
+pub struct Route {
+    config: Arc<Config>,
+}
+
+impl Route {
+    pub fn new(config: Arc<Config>) -> Self {
+        Route { config }
+    }
+}
+
+impl Filter for Route {
+    fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
+        if ctx.endpoint == Some(Endpoint::Models) || ctx.endpoint.is_none() {
+            return Ok(());
+        }
+        let fields = body::inspect(&req.body)?;
+        ctx.model_requested = Some(fields.model.clone());
+        ctx.stream = fields.stream;
+        ctx.client_wants_usage = fields.include_usage == Some(true);
+        ctx.max_tokens = fields.max_tokens;
+        let Some((index, model)) = self.config.model(&fields.model) else {
+            return Err(Error::new(
+                ErrorKind::ModelNotFound,
+                format!(
+                    "The model '{}' does not exist or you do not have access to it.",
+                    fields.model
+                ),
+            ));
+        };
+        if let Some(consumer) = ctx.consumer.and_then(|c| self.config.consumers.get(c)) {
+            if let Some(allowed) = &consumer.allowed_models {
+                if !allowed.iter().any(|m| m == &model.name) {
+                    return Err(Error::new(
+                        ErrorKind::ModelNotAllowed,
+                        format!(
+                            "consumer '{}' is not allowed to use model '{}'",
+                            consumer.name, model.name
+                        ),
+                    ));
+                }
+            }
+        }
+        ctx.model = Some(index);
+        ctx.provider = Some(model.provider);
+        // Only chat and completions stream; embeddings never do.
+        let force_usage = ctx.stream && ctx.endpoint != Some(Endpoint::Embeddings);
+        ctx.upstream_body = match body::rewrite(&req.body, &model.upstream_model, force_usage) {
+            Some(rewritten) => rewritten,
+            None => std::mem::take(&mut req.body),
+        };
+        Ok(())
+    }
+}

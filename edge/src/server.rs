@@ -1,0 +1,308 @@
+//! Process start-up and shutdown.
+//!
+//! [`run`] builds what every core shares (config snapshot, TLS configs,
+//! per-core metrics), starts one worker thread per configured core (pinned
+//! to a CPU when asked), the admin thread, and a signal thread. SIGTERM or
+//! SIGINT starts a drain: listeners close, in-flight requests finish (up to
+//! `workers.drain_timeout`), then each core flushes its audit buffer and
+//! the process exits. Listener port 0 is resolved once by worker 0 and the
+//! other workers bind the same port, so tests can ask for a free port and
+//! read it from the `listening on` line on stdout.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use monoio::{FusionDriver, RuntimeBuilder};
+use monoio_rustls::TlsAcceptor;
+use sluice_config::Config;
+
+use crate::metrics::CoreMetrics;
+use crate::worker::{self, Core};
+use crate::{admin, log, tls, tokens};
+
+/// State shared by every core: read-only after start, or atomics.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub metrics: Vec<Arc<CoreMetrics>>,
+    /// Per provider: the TLS client config when its base URL is https.
+    pub upstream_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
+    /// Per listener: the TLS server config when it terminates TLS.
+    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Random per process start, prefixes generated request ids.
+    pub nonce: u32,
+    shutdown: AtomicBool,
+    workers_ready: AtomicUsize,
+}
+
+impl Shared {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    pub fn start_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves once shutdown has started (polled: cheap, and no cross-core
+    /// wake-up machinery on the hot path).
+    pub async fn wait_shutdown(&self) {
+        while !self.is_shutting_down() {
+            monoio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn readiness(&self) -> (bool, String) {
+        let ready = self.workers_ready.load(Ordering::Relaxed);
+        let want = self.config.workers.count.get();
+        let draining = self.is_shutting_down();
+        let ok = ready == want && !draining;
+        let body = serde_json::json!({
+            "status": if ok { "ready" } else if draining { "draining" } else { "starting" },
+            "workers_ready": ready,
+            "workers": want,
+        });
+        (ok, body.to_string())
+    }
+}
+
+/// io_uring with epoll as the fallback, timers on (DESIGN.md §5).
+type Runtime = monoio::FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+>;
+
+fn runtime() -> anyhow::Result<Runtime> {
+    RuntimeBuilder::<FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .context("start the monoio runtime")
+}
+
+fn pin_to_cpu(core: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it for an
+    // index below CPU_SETSIZE, and sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core % cpus, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            log::warn(&format!(
+                "could not pin worker {core} to CPU {}",
+                core % cpus
+            ));
+        }
+    }
+}
+
+/// Run one worker until shutdown; `bound` reports its listeners' addresses.
+fn worker_main(
+    id: usize,
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    bound: mpsc::Sender<Result<Vec<SocketAddr>, String>>,
+) {
+    if shared.config.workers.pin_cpus {
+        pin_to_cpu(id);
+    }
+    let mut rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = bound.send(Err(format!("worker {id}: {e:#}")));
+            return;
+        }
+    };
+    let core = match Core::new(id, shared.clone()) {
+        Ok(core) => Rc::new(core),
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on({
+        let core = core.clone();
+        async move {
+            let mut listeners = Vec::new();
+            for (i, addr) in addrs.iter().enumerate() {
+                match worker::bind(*addr) {
+                    Ok(l) => listeners.push((i, l)),
+                    Err(e) => {
+                        let _ = bound.send(Err(format!(
+                            "listeners[{i}].address: cannot listen on {addr}: {e}"
+                        )));
+                        return;
+                    }
+                }
+            }
+            let actual = listeners
+                .iter()
+                .map(|(_, l)| l.local_addr())
+                .collect::<Result<Vec<_>, _>>();
+            let _ = bound.send(actual.map_err(|e| e.to_string()));
+            drop(bound);
+            shared.workers_ready.fetch_add(1, Ordering::Relaxed);
+            let mut accepting = Vec::new();
+            for (i, listener) in listeners {
+                let acceptor = shared.listener_tls[i].clone().map(TlsAcceptor::from);
+                accepting.push(monoio::spawn(worker::accept_loop(
+                    core.clone(),
+                    listener,
+                    acceptor,
+                )));
+            }
+            monoio::spawn(worker::audit_flusher(core.clone()));
+            for task in accepting {
+                task.await;
+            }
+            worker::drain(&core).await;
+        }
+    });
+    drop(rt);
+    core.audit.flush();
+}
+
+/// Start sluice with `config`; returns when it has shut down.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    for w in &config.warnings {
+        log::warn(w);
+    }
+    let config = Arc::new(config);
+    let workers = config.workers.count.get();
+    if let Some(dir) = config
+        .audit
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("audit.path: cannot create {}", dir.display()))?;
+    }
+    let mut listener_tls = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        listener_tls.push(match &l.tls {
+            Some(t) => Some(
+                tls::server_config(&t.cert_file, &t.key_file)
+                    .with_context(|| format!("listeners[{i}].tls"))?,
+            ),
+            None => None,
+        });
+    }
+    let mut upstream_tls = Vec::new();
+    for (i, p) in config.providers.iter().enumerate() {
+        upstream_tls.push(if p.base_url.tls {
+            Some(
+                tls::client_config(p.ca_file.as_deref())
+                    .with_context(|| format!("providers[{i}].ca_file"))?,
+            )
+        } else {
+            None
+        });
+    }
+    // Build the tokenizers of configured models off the start-up path.
+    let encodings: Vec<_> = config.models.iter().map(|m| m.encoding).collect();
+    std::thread::spawn(move || {
+        for e in encodings {
+            let _ = tokens::bpe(e);
+        }
+    });
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        ^ std::process::id().rotate_left(16);
+    let shared = Arc::new(Shared {
+        metrics: (0..workers)
+            .map(|_| Arc::new(CoreMetrics::default()))
+            .collect(),
+        config: config.clone(),
+        upstream_tls,
+        listener_tls,
+        nonce,
+        shutdown: AtomicBool::new(false),
+        workers_ready: AtomicUsize::new(0),
+    });
+
+    // Admin first, so health checks answer while workers start.
+    let admin_listener = std::net::TcpListener::bind(config.admin.address)
+        .with_context(|| format!("admin.address: cannot listen on {}", config.admin.address))?;
+    let admin_addr = admin_listener.local_addr()?;
+    admin_listener.set_nonblocking(true)?;
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("sluice-admin".into())
+            .spawn(move || {
+                let Ok(mut rt) = runtime() else {
+                    log::error("admin: could not start its runtime");
+                    return;
+                };
+                rt.block_on(async move {
+                    match monoio::net::TcpListener::from_std(admin_listener) {
+                        Ok(l) => admin::serve(shared, l).await,
+                        Err(e) => log::error(&format!("admin listener: {e}")),
+                    }
+                });
+            })?;
+    }
+
+    // Worker 0 resolves port 0; the others bind what it got.
+    let mut addrs: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+    let mut handles = Vec::new();
+    for id in 0..workers {
+        let (tx, rx) = mpsc::channel();
+        let for_worker = shared.clone();
+        let want = addrs.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("sluice-w{id}"))
+                .spawn(move || worker_main(id, for_worker, want, tx))?,
+        );
+        match rx.recv() {
+            Ok(Ok(got)) => addrs = got,
+            Ok(Err(e)) => {
+                shared.start_shutdown();
+                return Err(anyhow!(e));
+            }
+            Err(_) => {
+                shared.start_shutdown();
+                return Err(anyhow!("worker {id} exited during start-up"));
+            }
+        }
+    }
+    for (addr, l) in addrs.iter().zip(&config.listeners) {
+        println!(
+            "listening on {}://{addr}",
+            if l.tls.is_some() { "https" } else { "http" }
+        );
+    }
+    println!("admin on http://{admin_addr}");
+    log::info(&format!(
+        "sluice {} ready: {workers} workers",
+        env!("CARGO_PKG_VERSION")
+    ));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("install signal handlers")?;
+    {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                log::info("shutdown signal: draining");
+                shared.start_shutdown();
+            }
+        });
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    log::info("drained; audit flushed; bye");
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Token counting for when the provider reports no usage.
+//!
+//! Providers' own `usage` is always preferred; this module is the fallback
+//! that marks a record `usage_source = "estimated"`. Each encoding's BPE
+//! tables are built once per process (o200k takes ~130 ms) and shared by
+//! every core read-only. Prompt tokens of a chat request follow OpenAI's
+//! published counting recipe: 3 tokens of framing per message, the role,
+//! the content (text parts of multi-part content), 1 more plus the name when
+//! a message has one, and 3 tokens priming the reply.
+
+use std::sync::OnceLock;
+
+use sluice_config::Encoding;
+use tiktoken_rs::CoreBPE;
+
+static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+static P50K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+static R50K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+
+/// The tokenizer for an encoding, built on first use.
+pub fn bpe(encoding: Encoding) -> Option<&'static CoreBPE> {
+    let (cell, build): (&OnceLock<Option<CoreBPE>>, fn() -> anyhow::Result<CoreBPE>) =
+        match encoding {
+            Encoding::O200kBase => (&O200K, tiktoken_rs::o200k_base),
+            Encoding::Cl100kBase => (&CL100K, tiktoken_rs::cl100k_base),
+            Encoding::P50kBase => (&P50K, tiktoken_rs::p50k_base),
+            Encoding::R50kBase => (&R50K, tiktoken_rs::r50k_base),
+        };
+    cell.get_or_init(|| build().ok()).as_ref()
+}
+
+/// Number of tokens in `text`.
+pub fn count(encoding: Encoding, text: &str) -> u64 {
+    match bpe(encoding) {
+        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        // Tables failed to build (cannot happen with compiled-in tables):
+        // the usual ~4 bytes per token.
+        None => text.len().div_ceil(4) as u64,
+    }
+}
+
+/// Estimated prompt tokens of a request body for the given endpoint path.
+pub fn prompt_tokens(encoding: Encoding, path: &str, body: &[u8]) -> u64 {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return 0;
+    };
+    if path.ends_with("/chat/completions") {
+        let mut total = 3;
+        for message in value["messages"].as_array().into_iter().flatten() {
+            total += 3;
+            total += count(encoding, message["role"].as_str().unwrap_or(""));
+            total += content_tokens(encoding, &message["content"]);
+            if let Some(name) = message["name"].as_str() {
+                total += 1 + count(encoding, name);
+            }
+        }
+        total
+    } else if path.ends_with("/completions") {
+        text_tokens(encoding, &value["prompt"])
+    } else {
+        text_tokens(encoding, &value["input"])
+    }
+}
+
+/// A message's `content`: a string, or an array of parts whose `text` counts.
+fn content_tokens(encoding: Encoding, content: &serde_json::Value) -> u64 {
+    match content {
+        serde_json::Value::String(s) => count(encoding, s),
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .map(|t| count(encoding, t))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// A string or an array of strings.
+fn text_tokens(encoding: Encoding, v: &serde_json::Value) -> u64 {
+    match v {
+        serde_json::Value::String(s) => count(encoding, s),
+        serde_json::Value::Array(items) => items.iter().map(|i| text_tokens(encoding, i)).sum(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_known_strings() {
+        assert_eq!(count(Encoding::O200kBase, "hello world"), 2);
+        assert_eq!(count(Encoding::Cl100kBase, "hello world"), 2);
+        assert_eq!(count(Encoding::O200kBase, ""), 0);
+    }
+
+    #[test]
+    fn chat_recipe() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hello world"}]}"#;
+        // 3 (reply priming) + 3 (message) + 1 ("user") + 2 ("hello world")
+        assert_eq!(
+            prompt_tokens(Encoding::O200kBase, "/v1/chat/completions", body),
+            9
+        );
+        let parts = br#"{"model":"m","messages":[{"role":"user","name":"bob","content":[{"type":"text","text":"hello world"}]}]}"#;
+        assert_eq!(
+            prompt_tokens(Encoding::O200kBase, "/v1/chat/completions", parts),
+            11
+        );
+    }
+
+    #[test]
+    fn completions_and_embeddings() {
+        let c = br#"{"model":"m","prompt":["hello world","hello"]}"#;
+        assert_eq!(prompt_tokens(Encoding::Cl100kBase, "/v1/completions", c), 3);
+        let e = br#"{"model":"m","input":"hello world"}"#;
+        assert_eq!(prompt_tokens(Encoding::Cl100kBase, "/v1/embeddings", e), 2);
+    }
+}

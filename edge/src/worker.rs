@@ -1,0 +1,192 @@
+//! One worker core: its runtime, listeners and per-core state.
+//!
+//! Each worker thread runs its own monoio runtime (io_uring, epoll as the
+//! fallback) and binds its own SO_REUSEPORT socket on every listener, so
+//! the kernel spreads connections over cores and no lock sits between them.
+//! [`Core`] holds what a core owns: the policy chain, the upstream pools,
+//! metrics, the audit buffer. `Core::finish` is where every request ends.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio_rustls::TlsAcceptor;
+use sluice_config::Config;
+
+use crate::audit::AuditLog;
+use crate::conn;
+use crate::error::Error;
+use crate::filter::{Chain, RequestCtx};
+use crate::http::RequestHead;
+use crate::io::{DownStream, Stream};
+use crate::metrics::CoreMetrics;
+use crate::server::Shared;
+use crate::upstream::Upstream;
+
+/// Everything one core owns.
+pub struct Core {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
+    pub chain: Chain,
+    pub upstreams: Vec<Upstream>,
+    pub metrics: Arc<CoreMetrics>,
+    pub audit: AuditLog,
+    /// Requests between head received and audit record written.
+    pub in_flight: Cell<usize>,
+    seq: Cell<u64>,
+}
+
+impl Core {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Result<Self, String> {
+        let config = shared.config.clone();
+        let mut upstreams = Vec::with_capacity(config.providers.len());
+        for (i, tls) in shared.upstream_tls.iter().enumerate() {
+            upstreams
+                .push(Upstream::new(config.clone(), i, tls.clone()).map_err(|e| e.to_string())?);
+        }
+        let audit = AuditLog::open(&config.audit.path).map_err(|e| {
+            format!(
+                "audit.path: cannot open {}: {e}",
+                config.audit.path.display()
+            )
+        })?;
+        Ok(Core {
+            id,
+            chain: Chain::new(&config),
+            metrics: shared.metrics[id].clone(),
+            config,
+            shared,
+            upstreams,
+            audit,
+            in_flight: Cell::new(0),
+            seq: Cell::new(0),
+        })
+    }
+
+    pub fn draining(&self) -> bool {
+        self.shared.is_shutting_down()
+    }
+
+    /// A fresh context; the client's `x-request-id` is kept when sane.
+    pub fn new_ctx(&self, head: Option<&RequestHead>, peer: SocketAddr) -> RequestCtx {
+        let given = head
+            .and_then(|h| h.header("x-request-id"))
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()))
+            .and_then(|v| std::str::from_utf8(v).ok());
+        let id = match given {
+            Some(id) => id.to_string(),
+            None => {
+                let n = self.seq.get();
+                self.seq.set(n + 1);
+                format!("{:08x}{:02x}{:014x}", self.shared.nonce, self.id as u8, n)
+            }
+        };
+        RequestCtx::new(id, peer, Instant::now())
+    }
+
+    /// The end of every request: chain `on_done`, metrics, audit record.
+    pub fn finish(&self, ctx: &mut RequestCtx) {
+        self.chain.on_done(ctx);
+        self.metrics.record(ctx);
+        self.audit.record(&self.config, ctx);
+    }
+
+    /// `GET /v1/models`: the models this consumer may use.
+    pub fn models_list(&self, consumer: Option<usize>) -> Vec<u8> {
+        let allowed = consumer
+            .and_then(|c| self.config.consumers.get(c))
+            .and_then(|c| c.allowed_models.as_ref());
+        let data: Vec<serde_json::Value> = self
+            .config
+            .models
+            .iter()
+            .filter(|m| allowed.is_none_or(|a| a.contains(&m.name)))
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": self.config.providers.get(m.provider).map_or("", |p| p.name.as_str()),
+                })
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default()
+    }
+}
+
+/// Bind this core's socket for one listener (SO_REUSEPORT: one per core).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(4096);
+    TcpListener::bind_with_config(addr, &opts)
+}
+
+/// Accept connections until shutdown, serving each on this core.
+pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = core.shared.wait_shutdown() => None,
+        };
+        let Some(accepted) = accepted else {
+            return;
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors or similar: back off briefly.
+                crate::log::warn(&format!("accept failed on worker {}: {e}", core.id));
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let core = core.clone();
+        let tls = tls.clone();
+        monoio::spawn(async move {
+            let metrics = core.metrics.clone();
+            let _open = metrics.connection_guard();
+            match tls {
+                None => conn::serve(core, DownStream::Plain(tcp), peer).await,
+                Some(acceptor) => {
+                    let handshake = monoio::time::timeout(
+                        core.config.limits.header_timeout,
+                        acceptor.accept(tcp),
+                    )
+                    .await;
+                    if let Ok(Ok(stream)) = handshake {
+                        conn::serve(core, Stream::Tls(Box::new(stream)), peer).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// After shutdown: wait for in-flight requests, at most `drain_timeout`.
+pub async fn drain(core: &Core) {
+    let deadline = Instant::now() + core.config.workers.drain_timeout;
+    while core.in_flight.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Flush the audit buffer on the configured interval.
+pub async fn audit_flusher(core: Rc<Core>) {
+    loop {
+        monoio::time::sleep(core.config.audit.flush_interval).await;
+        core.audit.flush();
+    }
+}
+
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        e.to_string()
+    }
+}
