@@ -84,6 +84,8 @@ where
                 let mut pending = Pending::new(&core, core.new_ctx(None, peer));
                 let e = Error::new(kind, message);
                 proxy::respond_error(&mut down, &mut pending.ctx, &e, false).await;
+                drop(pending);
+                linger(&mut down).await;
                 return;
             }
         };
@@ -99,6 +101,8 @@ where
                 Ok(body) => body,
                 Err(e) => {
                     proxy::respond_error(&mut down, ctx, &e, false).await;
+                    drop(pending);
+                    linger(&mut down).await;
                     return;
                 }
             };
@@ -127,6 +131,30 @@ where
         }
     }
 }
+
+/// Close after an error answer without losing it: stop sending, then
+/// read and discard what the client is still sending for a moment, so the
+/// kernel does not answer unread bytes with a RST that could destroy the
+/// response before the client reads it (RFC 9112 §9.6).
+async fn linger<S>(down: &mut BufConn<S>)
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let _ = down.io.shutdown().await;
+    let deadline = Instant::now() + LINGER;
+    let mut discarded = 0usize;
+    while discarded < LINGER_BYTES {
+        down.consume(down.buffered().len());
+        match monoio::time::timeout_at(deadline.into(), down.fill()).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
+}
+
+/// How long and how much `linger` reads after an error answer.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 1 << 20;
 
 enum HeadRead {
     Head(RequestHead),

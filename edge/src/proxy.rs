@@ -351,6 +351,10 @@ where
         };
         splitter.push(&plain);
         plain.clear();
+        if done {
+            // A last event ending in a lone CR completes only at the end.
+            splitter.finish();
+        }
         while let Some(event) = splitter.next_event() {
             let parsed = sse::parse_event(event);
             if core.chain.on_event(ctx, &parsed.data) == Verdict::Forward {

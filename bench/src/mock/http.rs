@@ -102,7 +102,12 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, FrameError
     let headers = req
         .headers
         .iter()
-        .map(|h| (range_in(head_bytes, h.name.as_bytes()), range_in(head_bytes, h.value)))
+        .map(|h| {
+            (
+                range_in(head_bytes, h.name.as_bytes()),
+                range_in(head_bytes, h.value),
+            )
+        })
         .collect();
     let head = Head {
         method: range_in(head_bytes, method.as_bytes()),
@@ -116,7 +121,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, FrameError
 
 /// The bytes of `range` as text; httparse has already checked the request
 /// line and header names are tokens, and values that are not UTF-8 read as "".
-fn text(bytes: &[u8], range: &Range<usize>) -> &str {
+fn text<'a>(bytes: &'a [u8], range: &Range<usize>) -> &'a str {
     bytes
         .get(range.clone())
         .and_then(|b| std::str::from_utf8(b).ok())
@@ -190,7 +195,9 @@ impl Head {
         if te.peek().is_some() {
             return match te.last() {
                 Some(last) if last.eq_ignore_ascii_case("chunked") => Ok(Framing::Chunked),
-                _ => Err(FrameError::Malformed("transfer-encoding must end with chunked")),
+                _ => Err(FrameError::Malformed(
+                    "transfer-encoding must end with chunked",
+                )),
             };
         }
         let mut length = None;
@@ -223,11 +230,18 @@ impl Head {
 #[derive(Clone, Copy, Debug)]
 enum Chunk {
     /// In the chunk-size hex digits.
-    Size { value: usize, digits: u8 },
+    Size {
+        value: usize,
+        digits: u8,
+    },
     /// In chunk extensions, skipped up to the line end.
-    Extension { value: usize },
+    Extension {
+        value: usize,
+    },
     /// Saw CR after the size line; LF must follow.
-    SizeLf { value: usize },
+    SizeLf {
+        value: usize,
+    },
     /// In chunk data, this many bytes to go.
     Data(usize),
     /// After chunk data; CRLF must follow.
@@ -254,7 +268,10 @@ pub(crate) struct ChunkedDecoder {
 impl Default for ChunkedDecoder {
     fn default() -> Self {
         Self {
-            state: Chunk::Size { value: 0, digits: 0 },
+            state: Chunk::Size {
+                value: 0,
+                digits: 0,
+            },
             total: 0,
         }
     }
@@ -294,7 +311,10 @@ impl ChunkedDecoder {
                     if digits >= 15 {
                         return Err(FrameError::BodyTooLarge);
                     }
-                    Chunk::Size { value: value * 16 + digit, digits: digits + 1 }
+                    Chunk::Size {
+                        value: value * 16 + digit,
+                        digits: digits + 1,
+                    }
                 }
                 (Chunk::Size { value, digits }, b';' | b' ' | b'\t') if digits > 0 => {
                     Chunk::Extension { value }
@@ -306,10 +326,13 @@ impl ChunkedDecoder {
                 (Chunk::Extension { value }, _) => Chunk::Extension { value },
                 (Chunk::SizeLf { value }, b'\n') => self.size_line(value)?,
                 (Chunk::DataCr, b'\r') => Chunk::DataLf,
-                (Chunk::DataCr | Chunk::DataLf, b'\n') => Chunk::Size { value: 0, digits: 0 },
+                (Chunk::DataCr | Chunk::DataLf, b'\n') => Chunk::Size {
+                    value: 0,
+                    digits: 0,
+                },
                 (Chunk::TrailerStart, b'\r') => Chunk::LastLf,
                 (Chunk::TrailerStart | Chunk::LastLf, b'\n') => Chunk::Done,
-                (Chunk::TrailerStart | Chunk::TrailerLine, b'\n') => Chunk::TrailerStart,
+                (Chunk::TrailerLine, b'\n') => Chunk::TrailerStart,
                 (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
                 _ => return Err(BAD),
             };
@@ -412,7 +435,9 @@ mod tests {
         for cut in 0..end {
             assert!(matches!(parse_head(&raw[..cut]), Ok(None)), "cut {cut}");
         }
-        let Ok(Some((h, n))) = parse_head(raw) else { panic!("complete head") };
+        let Ok(Some((h, n))) = parse_head(raw) else {
+            panic!("complete head")
+        };
         assert_eq!(n, end);
         assert_eq!(h.method(), "POST");
         assert_eq!(h.path(), "/v1/chat/completions");
@@ -428,17 +453,37 @@ mod tests {
         let table: [(&str, Result<Framing, FrameError>); 7] = [
             ("", Ok(Framing::Length(0))),
             ("Content-Length: 10\r\n", Ok(Framing::Length(10))),
-            ("Content-Length: 10\r\nContent-Length: 10\r\n", Ok(Framing::Length(10))),
-            ("Content-Length: 10\r\nContent-Length: 11\r\n", Err(FrameError::Malformed("conflicting content-length values"))),
-            ("Content-Length: -1\r\n", Err(FrameError::Malformed("content-length is not a number"))),
-            ("Transfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n", Ok(Framing::Chunked)),
-            ("Transfer-Encoding: chunked, gzip\r\n", Err(FrameError::Malformed("transfer-encoding must end with chunked"))),
+            (
+                "Content-Length: 10\r\nContent-Length: 10\r\n",
+                Ok(Framing::Length(10)),
+            ),
+            (
+                "Content-Length: 10\r\nContent-Length: 11\r\n",
+                Err(FrameError::Malformed("conflicting content-length values")),
+            ),
+            (
+                "Content-Length: -1\r\n",
+                Err(FrameError::Malformed("content-length is not a number")),
+            ),
+            (
+                "Transfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n",
+                Ok(Framing::Chunked),
+            ),
+            (
+                "Transfer-Encoding: chunked, gzip\r\n",
+                Err(FrameError::Malformed(
+                    "transfer-encoding must end with chunked",
+                )),
+            ),
         ];
         for (fields, want) in table {
             let h = head(&format!("POST / HTTP/1.1\r\n{fields}\r\n"));
             assert_eq!(h.framing(), want, "{fields:?}");
         }
-        let big = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
         assert_eq!(head(&big).framing(), Err(FrameError::BodyTooLarge));
     }
 
@@ -447,7 +492,10 @@ mod tests {
         let table = [
             ("GET / HTTP/1.1\r\n\r\n", true),
             ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
-            ("GET / HTTP/1.1\r\nConnection: Upgrade, Close\r\n\r\n", false),
+            (
+                "GET / HTTP/1.1\r\nConnection: Upgrade, Close\r\n\r\n",
+                false,
+            ),
             ("GET / HTTP/1.0\r\n\r\n", false),
             ("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
         ];
@@ -459,10 +507,18 @@ mod tests {
 
     #[test]
     fn head_errors() {
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").err(), Some(FrameError::Malformed("malformed request head")));
-        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("h{i}: v\r\n")).collect();
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").err(),
+            Some(FrameError::Malformed("malformed request head"))
+        );
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("h{i}: v\r\n"))
+            .collect();
         let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(parse_head(raw.as_bytes()).err(), Some(FrameError::HeadTooLarge));
+        assert_eq!(
+            parse_head(raw.as_bytes()).err(),
+            Some(FrameError::HeadTooLarge)
+        );
         let long = vec![b'a'; MAX_HEAD + 1];
         let mut raw = b"GET / HTTP/1.1\r\nx: ".to_vec();
         raw.extend_from_slice(&long);
@@ -488,16 +544,26 @@ mod tests {
             (b"0\r\n\r\n", b""),
             (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
             (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world"),
-            (b"A;ext=1\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n", b"0123456789"),
+            (
+                b"A;ext=1\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n",
+                b"0123456789",
+            ),
             (b"3\nabc\n0\n\n", b"abc"),
-            (b"1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n", b"abcdefghijklmnopqrstuvwxyz"),
+            (
+                b"1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n",
+                b"abcdefghijklmnopqrstuvwxyz",
+            ),
         ];
         for (wire, body) in table {
             let mut input = wire.to_vec();
             input.extend_from_slice(b"GET /next");
             for cut in 0..=input.len() {
                 let got = decode_split(&input, cut);
-                assert_eq!(got, Ok((body.to_vec(), wire.len(), true)), "{wire:?} cut {cut}");
+                assert_eq!(
+                    got,
+                    Ok((body.to_vec(), wire.len(), true)),
+                    "{wire:?} cut {cut}"
+                );
             }
         }
     }
@@ -506,7 +572,7 @@ mod tests {
     fn chunked_incomplete_and_errors() {
         let mut d = ChunkedDecoder::default();
         let mut out = Vec::new();
-        assert_eq!(d.decode(b"5\r\nhel", &mut out), Ok((7, false)));
+        assert_eq!(d.decode(b"5\r\nhel", &mut out), Ok((6, false)));
         assert_eq!(out, b"hel");
         let bad: [&[u8]; 4] = [b"x\r\n", b"\r\n", b"3\r\nabcX", b"0\r\n\rX"];
         for wire in bad {
@@ -514,7 +580,10 @@ mod tests {
             assert!(d.decode(wire, &mut Vec::new()).is_err(), "{wire:?}");
         }
         let mut d = ChunkedDecoder::default();
-        assert_eq!(d.decode(b"fffffffffffffff0\r\n", &mut Vec::new()), Err(FrameError::BodyTooLarge));
+        assert_eq!(
+            d.decode(b"fffffffffffffff0\r\n", &mut Vec::new()),
+            Err(FrameError::BodyTooLarge)
+        );
     }
 
     #[test]

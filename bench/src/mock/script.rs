@@ -42,7 +42,8 @@ pub struct Script {
     pub ttfb_ms: u64,
     /// Delay before each streamed content chunk.
     pub gap_ms: u64,
-    /// Answer this status (400..=599) with an OpenAI-shaped error body.
+    /// Answer this status (400..=599) with an OpenAI-shaped error body
+    /// (`200` as a header or flag value means "no scripted status").
     pub status: Option<u16>,
     /// `Retry-After` header value sent with `status`.
     pub retry_after: Option<String>,
@@ -109,6 +110,8 @@ impl Script {
             header::CHUNKS => self.chunks = number(name, value)?,
             header::TTFB_MS => self.ttfb_ms = number(name, value)?,
             header::GAP_MS => self.gap_ms = number(name, value)?,
+            // 200 is the unscripted answer, so it clears a default status.
+            header::STATUS if value == "200" => self.status = None,
             header::STATUS => self.status = Some(status(name, value)?),
             header::RETRY_AFTER => self.retry_after = Some(value.to_owned()),
             header::STALL_AFTER => self.stall_after = Some(number(name, value)?),
@@ -147,7 +150,9 @@ mod tests {
 
     fn script(headers: &str) -> Result<Script, String> {
         let raw = format!("POST / HTTP/1.1\r\n{headers}\r\n");
-        let Ok(Some((head, _))) = parse_head(raw.as_bytes()) else { panic!("head") };
+        let Ok(Some((head, _))) = parse_head(raw.as_bytes()) else {
+            panic!("head")
+        };
         Script::default().for_request(&head)
     }
 
@@ -171,13 +176,14 @@ mod tests {
         };
         assert_eq!(s, Ok(want));
         assert_eq!(script(""), Ok(Script::default()));
+        assert_eq!(script("x-mock-status: 200\r\n").map(|s| s.status), Ok(None));
     }
 
     #[test]
     fn bad_values_name_the_header() {
         let table = [
             ("x-mock-chunks: many\r\n", "x-mock-chunks"),
-            ("x-mock-status: 200\r\n", "x-mock-status"),
+            ("x-mock-status: 302\r\n", "x-mock-status"),
             ("x-mock-omit-usage: maybe\r\n", "x-mock-omit-usage"),
         ];
         for (fields, name) in table {
