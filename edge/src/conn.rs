@@ -18,7 +18,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use crate::error::{Error, ErrorKind};
 use crate::filter::{Endpoint, Request, RequestCtx};
 use crate::http::{self, BodyKind, HeadError, RequestHead};
-use crate::io::BufConn;
+use crate::io::{BufConn, PeerWatch};
 use crate::proxy;
 use crate::upstream::BodyReader;
 use crate::worker::Core;
@@ -55,7 +55,7 @@ impl Drop for Pending<'_> {
 }
 
 /// Serve requests on one connection until it closes or must close.
-pub async fn serve<S>(core: Rc<Core>, io: S, peer: SocketAddr)
+pub async fn serve<S>(core: Rc<Core>, io: S, peer: SocketAddr, watch: PeerWatch)
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
@@ -124,7 +124,15 @@ where
                 continue;
             }
         }
-        let again = proxy::handle(&core, &mut down, Request { head, body }, ctx, keep_alive).await;
+        let again = proxy::handle(
+            &core,
+            &mut down,
+            Request { head, body },
+            ctx,
+            keep_alive,
+            &watch,
+        )
+        .await;
         drop(pending);
         if !again {
             return;

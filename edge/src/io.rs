@@ -145,3 +145,70 @@ impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
         (self.io.flush().await, data)
     }
 }
+
+/// Watches a downstream socket for the client going away while sluice is
+/// busy upstream (waiting for the first byte, or between two events of a
+/// slow stream), so the provider can be told to stop at once rather than
+/// at the next write. It polls a duplicate of the client's socket: the
+/// connection itself (plain or TLS) is never read, and a byte the client
+/// pipelines is left where it is.
+pub struct PeerWatch {
+    dup: Option<TcpStream>,
+}
+
+impl PeerWatch {
+    /// Watch the socket `fd`; a watch that cannot be set up never fires.
+    pub fn new(fd: std::os::fd::RawFd) -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: dup() of a live socket fd; the new fd is owned by the
+        // std TcpStream built from it and closed when it drops.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            return PeerWatch { dup: None };
+        }
+        // SAFETY: `dup` is a fresh fd that nothing else owns.
+        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(dup) };
+        PeerWatch {
+            dup: std_stream
+                .set_nonblocking(true)
+                .ok()
+                .and_then(|_| TcpStream::from_std(std_stream).ok()),
+        }
+    }
+
+    /// Resolves once the client has closed its side (EOF or error). Stays
+    /// pending forever when the client sends more bytes instead (a
+    /// pipelined request is not a disconnect) or when there is no watch.
+    pub async fn closed(&self) {
+        use std::os::fd::AsRawFd;
+        let Some(sock) = &self.dup else {
+            return std::future::pending().await;
+        };
+        loop {
+            if sock.readable(false).await.is_err() {
+                return;
+            }
+            let mut byte = 0u8;
+            // SAFETY: recv into one valid byte on an fd we own; MSG_PEEK
+            // leaves the data for the real reader.
+            let n = unsafe {
+                libc::recv(
+                    sock.as_raw_fd(),
+                    (&mut byte as *mut u8).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                return;
+            }
+            if n > 0 {
+                return std::future::pending().await;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::WouldBlock && err.kind() != io::ErrorKind::Interrupted {
+                return;
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use crate::error::{error_body, Error, ErrorKind};
 use crate::filter::{Endpoint, Request, RequestCtx, Verdict};
 use crate::http::{self, BodyKind, ResponseHead};
-use crate::io::BufConn;
+use crate::io::{BufConn, PeerWatch};
 use crate::sse::{self, SseSplitter};
 use crate::upstream::{BodyReader, Response, Upstream};
 use crate::worker::Core;
@@ -32,6 +32,7 @@ pub async fn handle<S>(
     mut req: Request,
     ctx: &mut RequestCtx,
     keep_alive: bool,
+    watch: &PeerWatch,
 ) -> bool
 where
     S: AsyncReadRent + AsyncWriteRent,
@@ -60,9 +61,15 @@ where
 
     // 2. Upstream: send and wait for the response head.
     let head = upstream.request_head(endpoint, &req.head, &ctx.id, ctx.upstream_body.len());
-    let response = match upstream.send(head, &ctx.upstream_body).await {
-        Ok(r) => r,
-        Err(e) => {
+    // The client may leave while the provider thinks: stop waiting then.
+    let sent = monoio::select! {
+        r = upstream.send(head, &ctx.upstream_body) => Some(r),
+        _ = watch.closed() => None,
+    };
+    let response = match sent {
+        None => return client_gone(ctx, "client went away while waiting for the provider"),
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
             core.metrics.upstream_error(upstream_index(ctx), e.kind);
             return respond_error(down, ctx, &e, keep_alive).await;
         }
@@ -72,7 +79,7 @@ where
     // 3. Relay: event by event for a 2xx event stream, whole otherwise.
     let success = (200..300).contains(&response.head.status);
     if success && ctx.stream && is_event_stream(&response.head) {
-        relay_stream(core, upstream, down, response, ctx, keep_alive).await
+        relay_stream(core, upstream, down, response, ctx, keep_alive, watch).await
     } else {
         relay_whole(core, upstream, down, response, ctx, keep_alive).await
     }
@@ -206,11 +213,7 @@ where
             Ok(())
         }
         Err(e) => {
-            ctx.status = 499;
-            ctx.fail(&Error::new(
-                ErrorKind::ClientAbort,
-                format!("client went away: {e}"),
-            ));
+            client_gone(ctx, &format!("client went away: {e}"));
             Err(())
         }
     }
@@ -318,11 +321,14 @@ async fn relay_stream<S>(
     mut response: Response,
     ctx: &mut RequestCtx,
     keep_alive: bool,
+    watch: &PeerWatch,
 ) -> bool
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
     let idle = upstream.provider().idle_timeout;
+    // Armed once for the whole stream: one poll, not one per event.
+    let mut client_closed = std::pin::pin!(watch.closed());
     let mut reader = BodyReader::new(response.head.body);
     let mut splitter = SseSplitter::new();
     let mut plain = Vec::with_capacity(8 * 1024);
@@ -379,12 +385,7 @@ where
             if let Err(e) = res {
                 // The client is gone: drop the upstream connection now so
                 // the provider stops generating; charge what was generated.
-                ctx.status = 499;
-                ctx.fail(&Error::new(
-                    ErrorKind::ClientAbort,
-                    format!("client went away mid-stream: {e}"),
-                ));
-                return false;
+                return client_gone(ctx, &format!("client went away mid-stream: {e}"));
             }
             ctx.bytes_out += n;
         }
@@ -392,7 +393,14 @@ where
             break;
         }
         let started = Instant::now();
-        match monoio::time::timeout(idle, response.conn.fill()).await {
+        let read = monoio::select! {
+            r = monoio::time::timeout(idle, response.conn.fill()) => r,
+            _ = &mut client_closed => {
+                // Dropping the upstream connection tells the provider to stop.
+                return client_gone(ctx, "client went away mid-stream");
+            }
+        };
+        match read {
             Ok(Ok(n)) if n > 0 => {}
             Ok(Ok(_)) | Ok(Err(_)) => {
                 if !reader.on_eof() {
@@ -423,6 +431,15 @@ where
         upstream.release(response.conn);
     }
     keep_alive
+}
+
+/// The client left before the response was complete: record it (status
+/// 499, nginx's convention). The caller drops the upstream connection,
+/// which makes the provider stop; tokens so far are still charged.
+fn client_gone(ctx: &mut RequestCtx, why: &str) -> bool {
+    ctx.status = 499;
+    ctx.fail(&Error::new(ErrorKind::ClientAbort, why.to_string()));
+    false
 }
 
 /// Ends a body whose connection failed: the relay loop finishes the

@@ -21,10 +21,11 @@ use crate::conn;
 use crate::error::Error;
 use crate::filter::{Chain, RequestCtx};
 use crate::http::RequestHead;
-use crate::io::{DownStream, Stream};
+use crate::io::{DownStream, PeerWatch, Stream};
 use crate::metrics::CoreMetrics;
 use crate::server::Shared;
 use crate::upstream::Upstream;
+use std::os::fd::AsRawFd;
 
 /// Everything one core owns.
 pub struct Core {
@@ -147,13 +148,14 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsA
             }
         };
         let _ = tcp.set_nodelay(true);
+        let watch = PeerWatch::new(tcp.as_raw_fd());
         let core = core.clone();
         let tls = tls.clone();
         monoio::spawn(async move {
             let metrics = core.metrics.clone();
             let _open = metrics.connection_guard();
             match tls {
-                None => conn::serve(core, DownStream::Plain(tcp), peer).await,
+                None => conn::serve(core, DownStream::Plain(tcp), peer, watch).await,
                 Some(acceptor) => {
                     let handshake = monoio::time::timeout(
                         core.config.limits.header_timeout,
@@ -161,7 +163,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsA
                     )
                     .await;
                     if let Ok(Ok(stream)) = handshake {
-                        conn::serve(core, Stream::Tls(Box::new(stream)), peer).await;
+                        conn::serve(core, Stream::Tls(Box::new(stream)), peer, watch).await;
                     }
                 }
             }

@@ -799,7 +799,7 @@ fn chunked_bodies_expect_continue_pipelining_and_keep_alive() {
     assert_eq!(c.read_response().status, 200);
     // One downstream connection on one core: its upstream connection was
     // kept alive and reused for every request, the streamed one included.
-    assert_eq!(counter(&mock.stats.requests), 7);
+    assert_eq!(counter(&mock.stats.requests), 6);
     assert_eq!(
         counter(&mock.stats.connections),
         1,
