@@ -204,8 +204,11 @@ where
                 )
             }
         }
+        // A timed-out read takes its buffer with it (monoio lends buffers
+        // to the kernel), so note before waiting whether a request began.
+        let partial = !down.buffered().is_empty();
         match monoio::time::timeout_at(deadline.into(), down.fill()).await {
-            Err(_) if started && !down.buffered().is_empty() => {
+            Err(_) if started && partial => {
                 return HeadRead::Refused(
                     ErrorKind::RequestTimeout,
                     format!(

@@ -202,11 +202,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             None
         });
     }
-    // Build the tokenizers of configured models off the start-up path.
-    let encodings: Vec<_> = config.models.iter().map(|m| m.encoding).collect();
-    std::thread::spawn(move || {
+    // Build the configured models' tokenizers before serving, in parallel:
+    // building one on first use would stall a core for ~130 ms.
+    let mut encodings: Vec<_> = config.models.iter().map(|m| m.encoding).collect();
+    encodings.sort_by_key(|e| e.as_str());
+    encodings.dedup();
+    std::thread::scope(|s| {
         for e in encodings {
-            let _ = tokens::bpe(e);
+            s.spawn(move || tokens::bpe(e).is_some());
         }
     });
     let nonce = std::time::SystemTime::now()

@@ -36,8 +36,8 @@ fn first_content<S: std::io::Read + std::io::Write>(events: &mut Events<S>) -> E
     }
 }
 
-/// Two estimated (usage-less) requests on one keep-alive connection: the
-/// second is read only after the first's `on_done`, so once it is
+/// Three estimated (usage-less) requests on one keep-alive connection: each
+/// is read only after the one before it finished `on_done`, so once they are
 /// answered both tokenizers have been built.
 fn warm_tokenizers(gw: &Gateway) {
     let mut c = gw.connect();
