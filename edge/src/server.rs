@@ -251,6 +251,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             })?;
     }
 
+    // Every core binds with SO_REUSEPORT, which would also let this process
+    // share a port with another sluice still running there and split its
+    // traffic. A plain bind first says "in use" instead.
+    for (i, l) in config.listeners.iter().enumerate() {
+        if l.address.port() != 0 {
+            std::net::TcpListener::bind(l.address).with_context(|| {
+                format!("listeners[{i}].address: cannot listen on {}", l.address)
+            })?;
+        }
+    }
+
     // Worker 0 resolves port 0; the others bind what it got.
     let mut addrs: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     let mut handles = Vec::new();

@@ -13,20 +13,22 @@ use std::sync::OnceLock;
 use sluice_config::Encoding;
 use tiktoken_rs::CoreBPE;
 
-static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-static P50K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-static R50K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+static O200K: Slot = OnceLock::new();
+static CL100K: Slot = OnceLock::new();
+static P50K: Slot = OnceLock::new();
+static R50K: Slot = OnceLock::new();
+
+type Slot = OnceLock<Option<CoreBPE>>;
+type Build = fn() -> anyhow::Result<CoreBPE>;
 
 /// The tokenizer for an encoding, built on first use.
 pub fn bpe(encoding: Encoding) -> Option<&'static CoreBPE> {
-    let (cell, build): (&OnceLock<Option<CoreBPE>>, fn() -> anyhow::Result<CoreBPE>) =
-        match encoding {
-            Encoding::O200kBase => (&O200K, tiktoken_rs::o200k_base),
-            Encoding::Cl100kBase => (&CL100K, tiktoken_rs::cl100k_base),
-            Encoding::P50kBase => (&P50K, tiktoken_rs::p50k_base),
-            Encoding::R50kBase => (&R50K, tiktoken_rs::r50k_base),
-        };
+    let (cell, build): (&Slot, Build) = match encoding {
+        Encoding::O200kBase => (&O200K, tiktoken_rs::o200k_base),
+        Encoding::Cl100kBase => (&CL100K, tiktoken_rs::cl100k_base),
+        Encoding::P50kBase => (&P50K, tiktoken_rs::p50k_base),
+        Encoding::R50kBase => (&R50K, tiktoken_rs::r50k_base),
+    };
     cell.get_or_init(|| build().ok()).as_ref()
 }
 
