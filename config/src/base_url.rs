@@ -123,7 +123,7 @@ impl fmt::Display for BaseUrl {
 }
 
 /// Splits `host[:port]` or `[v6][:port]` and checks both halves.
-fn split_authority(authority: &str) -> Result<(String, Option<u16>), String> {
+pub(crate) fn split_authority(authority: &str) -> Result<(String, Option<u16>), String> {
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
         let Some((inner, after)) = bracketed.split_once(']') else {
             return Err("IPv6 host is missing its closing ']'".into());

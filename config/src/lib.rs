@@ -7,15 +7,19 @@
 //! (`deny_unknown_fields`, units in key names such as `_ms` and `_bytes`),
 //! then `validation` checks everything at once and builds the typed values
 //! below (`SocketAddr`, `Duration`, `NonZeroUsize`, `BaseUrl`, key hashes,
-//! model -> provider indices). Findings that do not stop the gateway, such as
-//! a plain-text consumer key, land in [`Config::warnings`].
+//! model -> provider indices, per-consumer [`LimitSet`]s with the defaults
+//! merged in, budgets in integer micro-units). Findings that do not stop the
+//! gateway, such as a plain-text consumer key, land in [`Config::warnings`].
 //!
 //! Nothing here opens sockets or spawns threads; the only I/O is reading the
-//! file, checking that TLS/CA files are readable and reading `key_env`
-//! variables. Relative paths stay relative to the caller's working directory.
+//! file, checking that TLS/CA files are readable, reading the `*_env`
+//! variables and, for a cluster node without `node_id`, `/etc/hostname`.
+//! Relative paths stay relative to the caller's working directory.
 
 mod base_url;
+mod cluster;
 mod error;
+mod quota;
 mod raw;
 mod span;
 mod validation;
@@ -32,7 +36,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use base_url::BaseUrl;
+pub use cluster::{Cluster, RedisUrl};
 pub use error::{ConfigError, ConfigErrors};
+pub use quota::{LimitSet, Price, Quota};
 
 /// A validated configuration. Built only by [`Config::from_toml_str`] and
 /// [`Config::load`], so every value in it has passed validation.
@@ -54,6 +60,10 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     /// The audit log.
     pub audit: Audit,
+    /// The quota store and how tokens and money are counted.
+    pub quota: Quota,
+    /// Shared quota state through Redis; `None` = a standalone node.
+    pub cluster: Option<Cluster>,
     /// Non-fatal findings, each "path: message", for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -104,10 +114,24 @@ pub struct TlsFiles {
 }
 
 /// The admin/metrics endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Admin {
     /// IP and port to bind; default 127.0.0.1:9901.
     pub address: SocketAddr,
+    /// SHA-256 of the token admin requests send as `Authorization: Bearer`,
+    /// from `token_env`, `token_sha256` or `token`. `None` turns the admin
+    /// API off, reads included: only `/metrics`, `/healthz` and `/readyz`
+    /// answer.
+    pub token_sha256: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("address", &self.address)
+            .field("token_sha256", &self.token_sha256.map(hex::encode))
+            .finish()
+    }
 }
 
 /// The thread-per-core runtime.
@@ -216,6 +240,8 @@ pub struct Model {
     pub upstream_model: String,
     /// Tokenizer used to count its tokens.
     pub encoding: Encoding,
+    /// What its tokens cost; `None` = nothing (never spends a budget).
+    pub price: Option<Price>,
 }
 
 /// A tiktoken encoding.
@@ -272,9 +298,28 @@ pub struct Consumer {
     pub keys: Vec<ApiKey>,
     /// Public model names it may use; `None` means every model.
     pub allowed_models: Option<Vec<String>>,
+    /// Its limits: `[quota.defaults]`, each key replaced by its own
+    /// `limits`, minus the names in `unlimited`.
+    pub limits: LimitSet,
+    /// Limits per model for this consumer, as (index into
+    /// [`Config::models`], limits), sorted by index; only models it may use.
+    /// They apply on top of [`Consumer::limits`].
+    pub model_limits: Vec<(usize, LimitSet)>,
+    /// Token balance to start from when the quota store holds none for this
+    /// consumer; `None` = no balance limit.
+    pub balance: Option<i64>,
 }
 
 impl Consumer {
+    /// Its limits for the model at `model` (index into [`Config::models`]),
+    /// if it has any.
+    pub fn limits_for(&self, model: usize) -> Option<&LimitSet> {
+        self.model_limits
+            .iter()
+            .find(|(index, _)| *index == model)
+            .map(|(_, limits)| limits)
+    }
+
     /// Whether this consumer may use the model with public name `model`.
     pub fn allows(&self, model: &str) -> bool {
         self.allowed_models

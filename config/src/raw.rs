@@ -9,6 +9,7 @@
 //! Enumerations (`kind`, `encoding`) stay strings for the same reason.
 //! Nothing here is used outside this crate: `validate` turns it into `Config`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -41,6 +42,11 @@ pub(crate) struct RawConfig {
     /// `[audit]`: the request audit log.
     #[serde(default)]
     pub audit: RawAudit,
+    /// `[quota]`: the quota store and the limits every consumer gets.
+    #[serde(default)]
+    pub quota: RawQuota,
+    /// `[cluster]`: share quota state through Redis; absent = standalone.
+    pub cluster: Option<RawCluster>,
 }
 
 /// One `[[listeners]]` entry.
@@ -69,6 +75,14 @@ pub(crate) struct RawTls {
 pub(crate) struct RawAdmin {
     /// `address = "127.0.0.1:9901"`: IP and port of the admin endpoint.
     pub address: Option<String>,
+    /// Name of an environment variable holding the admin token; excludes
+    /// `token_sha256` and `token`.
+    pub token_env: Option<String>,
+    /// SHA-256 of the admin token as 64 hex digits; excludes the others.
+    pub token_sha256: Option<String>,
+    /// The admin token itself (hashed at load, with a warning); excludes the
+    /// others. With none of the three the admin API stays off.
+    pub token: Option<String>,
 }
 
 /// The `[workers]` table.
@@ -137,6 +151,20 @@ pub(crate) struct RawModel {
     pub upstream_model: Option<String>,
     /// Tokenizer used to count tokens; default `"o200k_base"`.
     pub encoding: Option<String>,
+    /// `price = { input_per_million = 0.15, ... }`; absent = costs nothing.
+    pub price: Option<RawPrice>,
+}
+
+/// A model's `price` table, in `quota.currency` per million tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrice {
+    /// Price of a million uncached prompt tokens; required, >= 0.
+    pub input_per_million: Option<f64>,
+    /// Price of a million completion tokens; required, >= 0.
+    pub output_per_million: Option<f64>,
+    /// Price of a million cached prompt tokens; default `input_per_million`.
+    pub cached_input_per_million: Option<f64>,
 }
 
 /// One `[[consumers]]` entry.
@@ -150,6 +178,19 @@ pub(crate) struct RawConsumer {
     pub keys: Vec<RawKey>,
     /// Models this consumer may use; absent means all.
     pub allowed_models: Option<Vec<String>>,
+    /// Token balance to start from when the quota store holds none for this
+    /// consumer; absent = no balance limit. >= 0.
+    pub balance: Option<i64>,
+    /// Own limits; each key set here replaces the same key of
+    /// `quota.defaults`.
+    #[serde(default)]
+    pub limits: RawLimitSet,
+    /// Names of `quota.defaults` limits this consumer is exempt from.
+    #[serde(default)]
+    pub unlimited: Vec<String>,
+    /// Limits per model for this consumer, keyed by public model name.
+    #[serde(default)]
+    pub model_limits: BTreeMap<String, RawLimitSet>,
 }
 
 /// One entry of a consumer's `keys` array.
@@ -172,4 +213,107 @@ pub(crate) struct RawAudit {
     pub path: Option<PathBuf>,
     /// How often buffered records are written out; default 1000.
     pub flush_interval_ms: Option<u64>,
+}
+
+/// The `[quota]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuota {
+    /// Embedded store for balances, spend and windows; default
+    /// `"sluice-quota.redb"`; `""` keeps them in memory only.
+    pub state_path: Option<PathBuf>,
+    /// How often quota state is written to the store; default 1000.
+    pub flush_interval_ms: Option<u64>,
+    /// Completion tokens reserved when a request sets no `max_tokens`;
+    /// default 4096.
+    pub default_max_tokens: Option<u64>,
+    /// Weight of a completion token in token rate limits; default 1.0.
+    pub completion_weight: Option<f64>,
+    /// ISO 4217 code of every price and budget; default `"USD"`.
+    pub currency: Option<String>,
+    /// `[quota.defaults]`: limits every consumer gets unless it overrides
+    /// them.
+    #[serde(default)]
+    pub defaults: RawLimitSet,
+}
+
+/// A set of limits: `quota.defaults`, a consumer's `limits`, or one entry of
+/// its `model_limits`. Every key is optional; absent = no such limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimitSet {
+    /// Requests started per second.
+    pub requests_per_second: Option<u64>,
+    /// Requests started per minute.
+    pub requests_per_minute: Option<u64>,
+    /// Requests in flight at once.
+    pub concurrent_requests: Option<u64>,
+    /// Weighted tokens (prompt + weight x completion) per minute.
+    pub tokens_per_minute: Option<u64>,
+    /// Weighted tokens per hour.
+    pub tokens_per_hour: Option<u64>,
+    /// Weighted tokens per day.
+    pub tokens_per_day: Option<u64>,
+    /// Spend per day, in `quota.currency`.
+    pub budget_per_day: Option<f64>,
+    /// Spend per month, in `quota.currency`.
+    pub budget_per_month: Option<f64>,
+}
+
+/// One limit as written: a count or an amount of money.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RawLimit {
+    /// A count of requests or tokens.
+    Count(Option<u64>),
+    /// An amount in `quota.currency`.
+    Money(Option<f64>),
+}
+
+impl RawLimit {
+    /// Whether the key is set.
+    pub fn is_set(&self) -> bool {
+        match self {
+            RawLimit::Count(value) => value.is_some(),
+            RawLimit::Money(value) => value.is_some(),
+        }
+    }
+}
+
+impl RawLimitSet {
+    /// Every key, in `LimitSet::NAMES` order (a test in `tests.rs` sets
+    /// each name and checks it lands in the matching field).
+    pub fn entries(&self) -> [RawLimit; 8] {
+        [
+            RawLimit::Count(self.requests_per_second),
+            RawLimit::Count(self.requests_per_minute),
+            RawLimit::Count(self.concurrent_requests),
+            RawLimit::Count(self.tokens_per_minute),
+            RawLimit::Count(self.tokens_per_hour),
+            RawLimit::Count(self.tokens_per_day),
+            RawLimit::Money(self.budget_per_day),
+            RawLimit::Money(self.budget_per_month),
+        ]
+    }
+}
+
+/// The `[cluster]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    /// `redis://[:password@]host[:port][/db]`; excludes `redis_env`.
+    pub redis: Option<String>,
+    /// Name of an environment variable holding the Redis URL; excludes
+    /// `redis`.
+    pub redis_env: Option<String>,
+    /// This node's name in shared state; default: the host name.
+    pub node_id: Option<String>,
+    /// Share of a limit a node leases at a time; default 0.05.
+    pub lease_fraction: Option<f64>,
+    /// Lease lifetime; default 2000.
+    pub lease_ttl_ms: Option<u64>,
+    /// `"open"` (local limits only) or `"closed"` (503) while Redis is
+    /// unreachable; default `"open"`.
+    pub on_redis_down: Option<String>,
+    /// TCP connect timeout to Redis; default 500.
+    pub connect_timeout_ms: Option<u64>,
 }

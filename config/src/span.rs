@@ -49,16 +49,31 @@ fn key_path_at(source: &str, span: &Range<usize>) -> String {
     if let Some(segments) = in_table(document.as_table(), span) {
         for segment in segments.iter().rev() {
             match segment {
-                Segment::Key(key) if path.is_empty() => path.push_str(key),
+                Segment::Key(key) if path.is_empty() => path.push_str(&path_key(key)),
                 Segment::Key(key) => {
                     path.push('.');
-                    path.push_str(key);
+                    path.push_str(&path_key(key));
                 }
                 Segment::Index(i) => path.push_str(&format!("[{i}]")),
             }
         }
     }
     path
+}
+
+/// A key as one segment of a key path: bare when TOML allows it bare
+/// (`A-Z a-z 0-9 _ -`), else quoted the TOML way, so that a key holding a
+/// dot stays one segment: `model_limits."gpt-3.5-turbo"`.
+pub(crate) fn path_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        key.to_string()
+    } else {
+        format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+    }
 }
 
 /// One step of a key path.
@@ -139,7 +154,16 @@ fn in_value(value: &Value, span: &Range<usize>) -> Option<Vec<Segment>> {
 
 #[cfg(test)]
 mod tests {
-    use super::line_column;
+    use super::{line_column, path_key};
+
+    #[test]
+    fn keys_are_quoted_only_when_toml_needs_it() {
+        assert_eq!(path_key("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(path_key("max_body_bytes"), "max_body_bytes");
+        assert_eq!(path_key("gpt-3.5-turbo"), "\"gpt-3.5-turbo\"");
+        assert_eq!(path_key(""), "\"\"");
+        assert_eq!(path_key("a\"b\\c"), r#""a\"b\\c""#);
+    }
 
     #[test]
     fn line_column_counts_from_one() {

@@ -7,10 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{sha256_hex, Config, ConfigErrors, Encoding, ProviderKind};
+use crate::{sha256_hex, Config, ConfigErrors, Encoding, LimitSet, Price, ProviderKind};
 
 /// The smallest valid config: one listener, provider and model.
 const MINIMAL: &str = r#"
@@ -92,9 +93,21 @@ fn minimal_config_gets_defaults() {
     assert_eq!(model.upstream_model, "gpt-4o-mini");
     assert_eq!(model.encoding, Encoding::O200kBase);
 
+    assert_eq!(model.price, None);
+
     assert!(config.consumers.is_empty());
     assert_eq!(config.audit.path, PathBuf::from("sluice-audit.jsonl"));
     assert_eq!(config.audit.flush_interval, Duration::from_millis(1000));
+
+    assert_eq!(config.admin.token_sha256, None);
+    let quota = &config.quota;
+    assert_eq!(quota.state_path, Some(PathBuf::from("sluice-quota.redb")));
+    assert_eq!(quota.flush_interval, Duration::from_millis(1000));
+    assert_eq!(quota.default_max_tokens, 4096);
+    assert_eq!(quota.completion_weight, 1.0);
+    assert_eq!(quota.currency, "USD");
+    assert!(quota.defaults.is_empty());
+    assert!(config.cluster.is_none());
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
 
@@ -586,8 +599,14 @@ fn load_reports_unreadable_file_by_name() {
 
 #[test]
 fn every_example_loads() {
-    if std::env::var_os("OPENAI_API_KEY").is_none() {
-        std::env::set_var("OPENAI_API_KEY", "sk-test-placeholder");
+    for (var, value) in [
+        ("OPENAI_API_KEY", "sk-test-placeholder"),
+        ("SLUICE_ADMIN_TOKEN", "admin-test-placeholder"),
+        ("SLUICE_REDIS_URL", "redis://:placeholder@127.0.0.1:6379/0"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, value);
+        }
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut names = Vec::new();
@@ -600,7 +619,7 @@ fn every_example_loads() {
         }
     }
     names.sort();
-    assert_eq!(names, ["openai.toml", "quickstart.toml"]);
+    assert_eq!(names, ["cluster.toml", "openai.toml", "quickstart.toml"]);
 }
 
 #[test]
@@ -634,7 +653,743 @@ fn quickstart_example_matches_its_description() {
     );
     assert_eq!(
         config.warnings,
-        ["consumers[0].keys[0]: plain-text key; store its sha256 instead"]
+        [
+            "admin.token: plain-text admin token; in production use token_env or token_sha256",
+            "consumers[0].keys[0]: plain-text key; store its sha256 instead",
+        ]
     );
     assert_eq!(config.audit.path, PathBuf::from("run/audit.jsonl"));
+
+    // Quotas on, but generous enough that the demo never meets them.
+    assert_eq!(
+        config.admin.token_sha256.map(hex::encode),
+        Some(sha256_hex("admin-demo"))
+    );
+    assert_eq!(
+        config.quota.state_path,
+        Some(PathBuf::from("run/quota.redb"))
+    );
+    let limits: Vec<(&str, u64)> = config.consumers[0]
+        .limits
+        .iter()
+        .map(|(name, value)| (name, value.get()))
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            ("requests_per_second", 100),
+            ("tokens_per_minute", 1_000_000)
+        ]
+    );
+    assert!(config.consumers[0].model_limits.is_empty());
+    assert_eq!(config.consumers[0].balance, None);
+    assert!(config.models.iter().all(|m| m.price.is_some()));
+}
+
+#[test]
+fn cluster_example_is_a_cluster_node() {
+    let redis = unique_var("EXAMPLE_REDIS");
+    let token = unique_var("EXAMPLE_ADMIN");
+    let key = unique_var("EXAMPLE_OPENAI");
+    std::env::set_var(&redis, "redis://:s3cret@10.0.0.5:6379/0");
+    std::env::set_var(&token, "admin-token");
+    std::env::set_var(&key, "sk-test");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster.toml");
+    let source = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("\"SLUICE_REDIS_URL\"", &format!("\"{redis}\""))
+        .replace("\"SLUICE_ADMIN_TOKEN\"", &format!("\"{token}\""))
+        .replace("\"OPENAI_API_KEY\"", &format!("\"{key}\""));
+    let config = ok(&source);
+    let cluster = config.cluster.as_ref().unwrap();
+    assert_eq!(cluster.redis.to_string(), "redis://10.0.0.5:6379/0");
+    assert_eq!(cluster.redis.password.as_deref(), Some("s3cret"));
+    assert_eq!(cluster.node_id, "edge-1");
+    assert!(cluster.fail_open);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+// ----- token economy: [quota], limits, prices, admin token, [cluster] -------
+
+/// The issue's sample: every new key, with the values it documents.
+const ECONOMY: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[admin]
+address = "127.0.0.1:9901"
+token_env = "@ADMIN_VAR@"
+
+[quota]
+state_path = "run/quota.redb"
+flush_interval_ms = 1000
+default_max_tokens = 4096
+completion_weight = 1.0
+currency = "USD"
+
+[quota.defaults]
+requests_per_second = 50
+requests_per_minute = 1000
+concurrent_requests = 20
+tokens_per_minute = 100000
+tokens_per_hour = 1000000
+tokens_per_day = 10000000
+budget_per_day = 10.0
+budget_per_month = 100.0
+
+[[providers]]
+name = "mock"
+base_url = "http://127.0.0.1:9000/v1"
+
+[[models]]
+name = "gpt-4o-mini"
+provider = "mock"
+price = { input_per_million = 0.15, output_per_million = 0.60, cached_input_per_million = 0.075 }
+
+[[consumers]]
+name = "alice"
+keys = [ { plain = "sk-alice" } ]
+balance = 1000000
+limits = { tokens_per_minute = 10000, budget_per_day = 5.0 }
+unlimited = ["requests_per_second"]
+model_limits = { "gpt-4o-mini" = { tokens_per_minute = 5000, requests_per_minute = 60 } }
+
+[cluster]
+redis = "redis://127.0.0.1:6379/0"
+node_id = "edge-1"
+lease_fraction = 0.05
+lease_ttl_ms = 2000
+on_redis_down = "open"
+connect_timeout_ms = 500
+"#;
+
+/// `Some(NonZeroU64)` from a literal, for comparing limit sets.
+fn nz(value: u64) -> Option<NonZeroU64> {
+    NonZeroU64::new(value)
+}
+
+/// MINIMAL with `extra` appended, a second priced model "priced" and one
+/// consumer "c" whose table ends with `consumer` lines.
+fn with_consumer(extra: &str, consumer: &str) -> String {
+    format!(
+        "{MINIMAL}[[models]]\nname = \"priced\"\nprovider = \"mock\"\n\
+         price = {{ input_per_million = 1.0, output_per_million = 2.0 }}\n\
+         [[consumers]]\nname = \"c\"\nkeys = [{{ sha256 = \"{}\" }}]\n{consumer}\n{extra}\n",
+        sha256_hex("c-key")
+    )
+}
+
+#[test]
+fn token_economy_sample_is_read() {
+    let var = unique_var("ECONOMY_ADMIN");
+    std::env::set_var(&var, "admin-secret");
+    let config = ok(&ECONOMY.replace("@ADMIN_VAR@", &var));
+
+    assert_eq!(
+        config.admin.token_sha256.map(hex::encode),
+        Some(sha256_hex("admin-secret"))
+    );
+
+    let quota = &config.quota;
+    assert_eq!(quota.state_path, Some(PathBuf::from("run/quota.redb")));
+    assert_eq!(quota.flush_interval, Duration::from_secs(1));
+    assert_eq!(quota.default_max_tokens, 4096);
+    assert_eq!(quota.completion_weight, 1.0);
+    assert_eq!(quota.currency, "USD");
+    assert_eq!(
+        quota.defaults,
+        LimitSet {
+            requests_per_second: nz(50),
+            requests_per_minute: nz(1000),
+            concurrent_requests: nz(20),
+            tokens_per_minute: nz(100_000),
+            tokens_per_hour: nz(1_000_000),
+            tokens_per_day: nz(10_000_000),
+            budget_per_day_micros: nz(10_000_000),
+            budget_per_month_micros: nz(100_000_000),
+        }
+    );
+
+    assert_eq!(
+        config.models[0].price,
+        Some(Price {
+            input_per_million: 0.15,
+            output_per_million: 0.60,
+            cached_input_per_million: 0.075,
+        })
+    );
+
+    let alice = &config.consumers[0];
+    assert_eq!(alice.balance, Some(1_000_000));
+    // Defaults, with tokens_per_minute and budget_per_day replaced and
+    // requests_per_second lifted.
+    assert_eq!(
+        alice.limits,
+        LimitSet {
+            requests_per_second: None,
+            requests_per_minute: nz(1000),
+            concurrent_requests: nz(20),
+            tokens_per_minute: nz(10_000),
+            tokens_per_hour: nz(1_000_000),
+            tokens_per_day: nz(10_000_000),
+            budget_per_day_micros: nz(5_000_000),
+            budget_per_month_micros: nz(100_000_000),
+        }
+    );
+    let per_model = LimitSet {
+        tokens_per_minute: nz(5000),
+        requests_per_minute: nz(60),
+        ..LimitSet::default()
+    };
+    assert_eq!(alice.model_limits, [(0, per_model.clone())]);
+    assert_eq!(alice.limits_for(0), Some(&per_model));
+    assert_eq!(alice.limits_for(1), None);
+
+    let cluster = config.cluster.as_ref().unwrap();
+    assert_eq!(cluster.redis.host, "127.0.0.1");
+    assert_eq!(cluster.redis.port, 6379);
+    assert_eq!(cluster.redis.db, 0);
+    assert_eq!(cluster.redis.password, None);
+    assert_eq!(cluster.node_id, "edge-1");
+    assert_eq!(cluster.lease_fraction, 0.05);
+    assert_eq!(cluster.lease_ttl, Duration::from_secs(2));
+    assert!(cluster.fail_open);
+    assert_eq!(cluster.connect_timeout, Duration::from_millis(500));
+
+    assert_eq!(
+        config.warnings,
+        ["consumers[0].keys[0]: plain-text key; store its sha256 instead"]
+    );
+}
+
+#[test]
+fn consumer_limits_merge_with_defaults_key_by_key() {
+    let defaults = "[quota.defaults]\nrequests_per_second = 5\ntokens_per_day = 1000\nbudget_per_month = 2.5\n";
+    // Only the priced model, so the budget draws no warning.
+    let priced = "allowed_models = [\"priced\"]";
+    // No own limits: exactly the defaults.
+    let config = ok(&with_consumer(defaults, ""));
+    assert_eq!(config.consumers[0].limits, config.quota.defaults);
+    assert_eq!(
+        config.consumers[0].limits.budget_per_month_micros,
+        nz(2_500_000)
+    );
+
+    // Own keys replace, other defaults stay, `unlimited` lifts.
+    let config = ok(&with_consumer(
+        defaults,
+        &format!("{priced}\nlimits = {{ requests_per_second = 7, concurrent_requests = 3 }}\nunlimited = [\"tokens_per_day\"]"),
+    ));
+    assert_eq!(
+        config.consumers[0].limits,
+        LimitSet {
+            requests_per_second: nz(7),
+            concurrent_requests: nz(3),
+            budget_per_month_micros: nz(2_500_000),
+            ..LimitSet::default()
+        }
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+
+    // Lifting everything leaves no limit at all.
+    let config = ok(&with_consumer(
+        defaults,
+        "unlimited = [\"requests_per_second\", \"tokens_per_day\", \"budget_per_month\"]",
+    ));
+    assert!(config.consumers[0].limits.is_empty());
+
+    // Lifting a limit the defaults do not set is allowed but pointless.
+    let config = ok(&with_consumer(
+        defaults,
+        &format!("{priced}\nunlimited = [\"tokens_per_hour\"]"),
+    ));
+    assert_eq!(config.consumers[0].limits, config.quota.defaults);
+    assert_eq!(
+        config.warnings,
+        ["consumers[0].unlimited[0]: quota.defaults sets no tokens_per_hour, so this entry changes nothing"]
+    );
+
+    // Budgets round to the nearest micro-unit.
+    let config = ok(&with_consumer(
+        "",
+        "limits = { budget_per_day = 0.0000015 }",
+    ));
+    assert_eq!(config.consumers[0].limits.budget_per_day_micros, nz(2));
+}
+
+#[test]
+fn every_limit_name_is_a_key() {
+    for name in LimitSet::NAMES {
+        let config = ok(&format!("{MINIMAL}[quota.defaults]\n{name} = 3\n"));
+        let set = &config.quota.defaults;
+        let expected = if name.starts_with("budget_") {
+            3_000_000
+        } else {
+            3
+        };
+        assert_eq!(set.get(name), nz(expected), "{name}");
+        assert_eq!(set.iter().count(), 1, "{name}");
+    }
+}
+
+#[test]
+fn model_limits_resolve_to_model_indices() {
+    let config = ok(&format!(
+        "{MINIMAL}[[models]]\nname = \"gpt-3.5-turbo\"\nprovider = \"mock\"\n\
+         [[models]]\nname = \"zeta\"\nprovider = \"mock\"\n\
+         [[consumers]]\nname = \"c\"\nkeys = [{{ plain = \"k\" }}]\n\
+         model_limits = {{ zeta = {{ requests_per_second = 1 }}, \"gpt-3.5-turbo\" = {{ tokens_per_hour = 2 }}, \"gpt-4o-mini\" = {{ concurrent_requests = 3 }} }}\n"
+    ));
+    let consumer = &config.consumers[0];
+    let resolved: Vec<(usize, Vec<(&str, u64)>)> = consumer
+        .model_limits
+        .iter()
+        .map(|(m, set)| (*m, set.iter().map(|(n, v)| (n, v.get())).collect()))
+        .collect();
+    assert_eq!(
+        resolved,
+        [
+            (0, vec![("concurrent_requests", 3)]),
+            (1, vec![("tokens_per_hour", 2)]),
+            (2, vec![("requests_per_second", 1)]),
+        ]
+    );
+    let (index, _) = config.model("zeta").unwrap();
+    assert_eq!(
+        consumer.limits_for(index).unwrap().requests_per_second,
+        nz(1)
+    );
+    // Model limits do not leak into the consumer's own limits.
+    assert!(consumer.limits.is_empty());
+}
+
+#[test]
+fn token_economy_errors_have_paths() {
+    let e = errors(
+        r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[admin]
+token = "t"
+token_sha256 = "00"
+
+[quota]
+flush_interval_ms = 5
+default_max_tokens = 0
+completion_weight = 0.0
+currency = "usd"
+
+[quota.defaults]
+requests_per_second = 0
+budget_per_day = -1.0
+
+[[providers]]
+name = "mock"
+base_url = "http://127.0.0.1:9000/v1"
+
+[[models]]
+name = "a"
+provider = "mock"
+price = { input_per_million = -0.5, output_per_million = 0.6, cached_input_per_million = inf }
+[[models]]
+name = "gpt-3.5-turbo"
+provider = "mock"
+price = { cached_input_per_million = 0.1 }
+
+[[consumers]]
+name = "c"
+keys = [{ plain = "k" }]
+allowed_models = ["a"]
+balance = -1
+limits = { tokens_per_minute = 0, budget_per_month = 0.0000001 }
+unlimited = ["tokens_per_minute", "tokens_per_week"]
+model_limits = { "gpt-3.5-turbo" = { requests_per_minute = 1 }, "gpt-9" = { tokens_per_day = 0 } }
+
+[cluster]
+redis = "http://127.0.0.1:6379"
+node_id = "edge 1"
+lease_fraction = 0.6
+lease_ttl_ms = 50
+on_redis_down = "maybe"
+connect_timeout_ms = 0
+"#,
+    );
+    let expected = [
+        "admin",
+        "quota.defaults.requests_per_second",
+        "quota.defaults.budget_per_day",
+        "quota.flush_interval_ms",
+        "quota.default_max_tokens",
+        "quota.completion_weight",
+        "quota.currency",
+        "models[0].price.input_per_million",
+        "models[0].price.cached_input_per_million",
+        "models[1].price.input_per_million",
+        "models[1].price.output_per_million",
+        "consumers[0].balance",
+        "consumers[0].limits.tokens_per_minute",
+        "consumers[0].limits.budget_per_month",
+        "consumers[0].unlimited[0]",
+        "consumers[0].unlimited[1]",
+        "consumers[0].model_limits.\"gpt-3.5-turbo\"",
+        "consumers[0].model_limits.gpt-9",
+        "consumers[0].model_limits.gpt-9.tokens_per_day",
+        "cluster.redis",
+        "cluster.node_id",
+        "cluster.lease_fraction",
+        "cluster.lease_ttl_ms",
+        "cluster.on_redis_down",
+        "cluster.connect_timeout_ms",
+    ];
+    assert_eq!(e.paths(), expected, "\n{e}");
+
+    let message = |path: &str| {
+        e.0.iter()
+            .find(|err| err.path == path)
+            .map(|err| err.message.clone())
+            .unwrap()
+    };
+    assert!(message("admin").contains("only one of token_env, token_sha256 or token"));
+    assert!(message("quota.defaults.requests_per_second")
+        .contains("must be > 0; remove the key for no limit"));
+    assert!(message("quota.defaults.budget_per_day").contains("-1 is not a positive amount"));
+    assert!(message("quota.flush_interval_ms").contains("5 is out of range 10..=60000"));
+    assert!(message("quota.currency").contains("got \"usd\""));
+    assert!(message("models[0].price.input_per_million").contains("-0.5 is out of range"));
+    assert!(message("models[1].price.output_per_million").starts_with("missing"));
+    assert!(message("consumers[0].limits.tokens_per_minute")
+        .contains("use unlimited = [\"tokens_per_minute\"]"));
+    assert!(message("consumers[0].limits.budget_per_month").contains("less than 0.000001"));
+    assert!(message("consumers[0].unlimited[0]").contains("also set in consumers[0].limits"));
+    assert!(message("consumers[0].unlimited[1]")
+        .contains("unknown limit \"tokens_per_week\"; expected one of: requests_per_second,"));
+    assert!(message("consumers[0].model_limits.\"gpt-3.5-turbo\"")
+        .contains("may not use \"gpt-3.5-turbo\"; add it to consumers[0].allowed_models"));
+    assert!(message("consumers[0].model_limits.gpt-9").contains("unknown model \"gpt-9\""));
+    assert!(message("cluster.redis").contains("unsupported scheme \"http\""));
+    assert!(message("cluster.lease_fraction").contains("0 < lease_fraction <= 0.5"));
+    assert!(message("cluster.on_redis_down").contains("\"open\" or \"closed\""));
+}
+
+#[test]
+fn not_a_number_is_out_of_range() {
+    let e = errors(&format!(
+        "{MINIMAL}price = {{ input_per_million = nan, output_per_million = 1.0 }}\n\
+         [quota]\ncompletion_weight = nan\n[quota.defaults]\nbudget_per_day = nan\n\
+         [cluster]\nredis = \"redis://127.0.0.1\"\nlease_fraction = nan\n"
+    ));
+    assert_eq!(
+        e.paths(),
+        [
+            "quota.defaults.budget_per_day",
+            "quota.completion_weight",
+            "models[0].price.input_per_million",
+            "cluster.lease_fraction",
+        ],
+        "\n{e}"
+    );
+}
+
+#[test]
+fn limit_keys_are_checked_by_serde_with_quoted_paths() {
+    let e = errors(&format!(
+        "{MINIMAL}[[consumers]]\nname = \"c\"\nkeys = [{{ plain = \"k\" }}]\n\
+         model_limits = {{ \"gpt-4o-mini\" = {{ tokens_per_week = 1 }} }}\n"
+    ));
+    assert_eq!(
+        e.paths(),
+        ["consumers[0].model_limits.gpt-4o-mini.tokens_per_week"],
+        "\n{e}"
+    );
+    let e = errors(&format!(
+        "{MINIMAL}[[models]]\nname = \"gpt-3.5-turbo\"\nprovider = \"mock\"\n[[consumers]]\nname = \"c\"\n\
+         keys = [{{ plain = \"k\" }}]\nmodel_limits = {{ \"gpt-3.5-turbo\" = {{ tokens_per_day = -1 }} }}\n"
+    ));
+    assert_eq!(
+        e.paths(),
+        ["consumers[0].model_limits.\"gpt-3.5-turbo\".tokens_per_day"],
+        "\n{e}"
+    );
+    let e = errors(&format!(
+        "{MINIMAL}[quota.defaults]\ntokens_per_second = 5\n"
+    ));
+    assert_eq!(e.paths(), ["quota.defaults.tokens_per_second"], "\n{e}");
+    let e = errors(&format!(
+        "{MINIMAL}[cluster]\nredis = \"redis://h\"\nredis_url = \"x\"\n"
+    ));
+    assert_eq!(e.paths(), ["cluster.redis_url"], "\n{e}");
+}
+
+#[test]
+fn price_defaults_cached_input_to_input() {
+    let config = ok(&MINIMAL.replace(
+        "provider = \"mock\"",
+        "provider = \"mock\"\nprice = { input_per_million = 0.5, output_per_million = 0 }",
+    ));
+    let price = config.models[0].price.unwrap();
+    assert_eq!(price.cached_input_per_million, 0.5);
+    assert_eq!(price.output_per_million, 0.0);
+    // 1000 prompt tokens (400 cached) and 500 completion tokens at
+    // 0.15 / 0.60 / 0.075 per million: 90 + 30 + 300 micro-units.
+    let sample = Price {
+        input_per_million: 0.15,
+        output_per_million: 0.60,
+        cached_input_per_million: 0.075,
+    };
+    assert_eq!(sample.cost_micros(1000, 400, 500), 420);
+}
+
+#[test]
+fn budget_on_unpriced_model_warns() {
+    let budget = "[quota.defaults]\nbudget_per_day = 1.0\n";
+    // "gpt-4o-mini" has no price; "priced" has one.
+    let config = ok(&with_consumer(budget, ""));
+    assert_eq!(
+        config.warnings,
+        [
+            "consumers[0]: has a budget but may use unpriced model(s) \"gpt-4o-mini\": their \
+          requests cost 0 and never count against it; set models[].price"
+        ]
+    );
+
+    // Limited to the priced model: nothing to warn about.
+    let config = ok(&with_consumer(budget, "allowed_models = [\"priced\"]"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+
+    // Budget lifted for the consumer: nothing to warn about either.
+    let config = ok(&with_consumer(budget, "unlimited = [\"budget_per_day\"]"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+
+    // A per-model budget on the unpriced model.
+    let config = ok(&with_consumer(
+        "",
+        "model_limits = { \"gpt-4o-mini\" = { budget_per_month = 3.0 }, priced = { budget_per_day = 1.0 } }",
+    ));
+    assert_eq!(
+        config.warnings,
+        ["consumers[0].model_limits.gpt-4o-mini: \"gpt-4o-mini\" has no price, so its budget is \
+          never spent; set models[].price"]
+    );
+}
+
+#[test]
+fn negative_balance_and_empty_model_limits() {
+    let e = errors(&with_consumer("", "balance = -5"));
+    assert_eq!(e.paths(), ["consumers[0].balance"], "\n{e}");
+
+    let config = ok(&with_consumer(
+        "",
+        "balance = 0\nmodel_limits = { priced = {} }",
+    ));
+    assert_eq!(config.consumers[0].balance, Some(0));
+    assert_eq!(config.consumers[0].model_limits, [(1, LimitSet::default())]);
+    assert_eq!(
+        config.warnings,
+        ["consumers[0].model_limits.priced: sets no limit; remove it or add one"]
+    );
+}
+
+#[test]
+fn empty_state_path_keeps_quota_in_memory() {
+    let config = ok(&format!(
+        "{MINIMAL}[quota]\nstate_path = \"\"\ncurrency = \"EUR\"\n"
+    ));
+    assert_eq!(config.quota.state_path, None);
+    assert_eq!(config.quota.currency, "EUR");
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].starts_with("quota.state_path: empty:"));
+}
+
+#[test]
+fn admin_token_forms() {
+    let admin =
+        |lines: &str| MINIMAL.replace("[[providers]]", &format!("[admin]\n{lines}\n[[providers]]"));
+
+    // token_sha256: taken as is, no warning.
+    let config = ok(&admin(&format!("token_sha256 = \"{}\"", sha256_hex("tok"))));
+    assert_eq!(
+        config.admin.token_sha256.map(hex::encode),
+        Some(sha256_hex("tok"))
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // Debug shows the hash as hex, like consumer keys.
+    assert!(format!("{:?}", config.admin).contains(&sha256_hex("tok")));
+
+    // token_env: read and hashed at load.
+    let var = unique_var("ADMIN_TOKEN");
+    std::env::set_var(&var, "from-env");
+    let config = ok(&admin(&format!("token_env = \"{var}\"")));
+    assert_eq!(
+        config.admin.token_sha256.map(hex::encode),
+        Some(sha256_hex("from-env"))
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+
+    // token: hashed, with a warning.
+    let config = ok(&admin("token = \"plain-admin\""));
+    assert_eq!(
+        config.admin.token_sha256.map(hex::encode),
+        Some(sha256_hex("plain-admin"))
+    );
+    assert_eq!(
+        config.warnings,
+        ["admin.token: plain-text admin token; in production use token_env or token_sha256"]
+    );
+
+    // A token on a non-loopback admin address travels in plain HTTP.
+    let config = ok(&admin(&format!(
+        "address = \"0.0.0.0:9901\"\ntoken_sha256 = \"{}\"",
+        sha256_hex("tok")
+    )));
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].starts_with("admin.address: not a loopback address"));
+
+    let missing = unique_var("ADMIN_MISSING");
+    std::env::remove_var(&missing);
+    for (lines, path) in [
+        (format!("token_env = \"{missing}\""), "admin.token_env"),
+        ("token_env = \"\"".to_string(), "admin.token_env"),
+        ("token_sha256 = \"xyz\"".to_string(), "admin.token_sha256"),
+        ("token = \"\"".to_string(), "admin.token"),
+        ("token = \"two words\"".to_string(), "admin.token"),
+        (
+            "token = \"a\"\ntoken_env = \"B\"\ntoken_sha256 = \"00\"".to_string(),
+            "admin",
+        ),
+    ] {
+        let e = errors(&admin(&lines));
+        assert_eq!(e.paths(), [path], "{lines}\n{e}");
+    }
+    let empty = unique_var("ADMIN_EMPTY");
+    std::env::set_var(&empty, "");
+    let e = errors(&admin(&format!("token_env = \"{empty}\"")));
+    assert_eq!(e.paths(), ["admin.token_env"], "\n{e}");
+}
+
+#[test]
+fn admin_token_must_not_be_a_consumer_key() {
+    let e = errors(&format!(
+        "{MINIMAL}[admin]\ntoken = \"shared\"\n[[consumers]]\nname = \"c\"\n\
+         keys = [{{ plain = \"other\" }}, {{ sha256 = \"{}\" }}]\n",
+        sha256_hex("shared")
+    ));
+    assert_eq!(e.paths(), ["admin.token"], "\n{e}");
+    assert!(e.0[0].message.contains("same as consumers[0].keys[1]"));
+}
+
+#[test]
+fn redis_url_comes_from_exactly_one_place() {
+    let cluster = |lines: &str| format!("{MINIMAL}[cluster]\n{lines}\n");
+
+    let e = errors(&cluster("node_id = \"n\""));
+    assert_eq!(e.paths(), ["cluster.redis"], "\n{e}");
+    let e = errors(&cluster("redis = \"redis://h\"\nredis_env = \"X\""));
+    assert_eq!(e.paths(), ["cluster.redis_env"], "\n{e}");
+
+    // redis_env holds the URL, password included, without a warning.
+    let var = unique_var("REDIS_URL");
+    std::env::set_var(&var, "redis://:pw@10.0.0.5:6380/2");
+    let config = ok(&cluster(&format!(
+        "redis_env = \"{var}\"\non_redis_down = \"closed\""
+    )));
+    let c = config.cluster.as_ref().unwrap();
+    assert_eq!(
+        (
+            c.redis.host.as_str(),
+            c.redis.port,
+            c.redis.db,
+            c.redis.password.as_deref()
+        ),
+        ("10.0.0.5", 6380, 2, Some("pw"))
+    );
+    assert!(!c.fail_open);
+    assert!(
+        config
+            .warnings
+            .iter()
+            .all(|w| !w.starts_with("cluster.redis")),
+        "{:?}",
+        config.warnings
+    );
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("\"pw\""), "{debug}");
+
+    // Inline, a password is a warning.
+    let config = ok(&cluster("redis = \"redis://:pw@h\"\nnode_id = \"n\""));
+    assert_eq!(
+        config.warnings,
+        ["cluster.redis: the Redis password is written in the config file; use redis_env"]
+    );
+
+    // A bad URL in the variable names the variable, never the password.
+    let bad = unique_var("REDIS_BAD");
+    std::env::set_var(&bad, "redis://:hunter2@h:notaport/0");
+    let e = errors(&cluster(&format!("redis_env = \"{bad}\"")));
+    assert_eq!(e.paths(), ["cluster.redis_env"], "\n{e}");
+    assert!(e.0[0].message.contains(&bad), "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+
+    let missing = unique_var("REDIS_MISSING");
+    std::env::remove_var(&missing);
+    let e = errors(&cluster(&format!("redis_env = \"{missing}\"")));
+    assert_eq!(e.paths(), ["cluster.redis_env"], "\n{e}");
+    assert!(e.0[0]
+        .message
+        .contains("is not set; export it or use redis"));
+}
+
+#[test]
+fn cluster_defaults() {
+    let config = ok(&format!("{MINIMAL}[cluster]\nredis = \"redis://[::1]\"\n"));
+    let c = config.cluster.as_ref().unwrap();
+    assert_eq!(c.redis.to_string(), "redis://[::1]:6379/0");
+    assert_eq!(c.lease_fraction, 0.05);
+    assert_eq!(c.lease_ttl, Duration::from_millis(2000));
+    assert!(c.fail_open);
+    assert_eq!(c.connect_timeout, Duration::from_millis(500));
+
+    // node_id: the host name when it is usable, else "sluice" and a warning.
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = host.trim();
+    let usable = !host.is_empty()
+        && host.len() <= 64
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if usable {
+        assert_eq!(c.node_id, host);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    } else {
+        assert_eq!(c.node_id, "sluice");
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].starts_with("cluster.node_id: "));
+    }
+
+    // Bounds are inclusive where the issue says so.
+    let config = ok(&format!(
+        "{MINIMAL}[cluster]\nredis = \"redis://h\"\nnode_id = \"a.b_c-1\"\nlease_fraction = 0.5\nlease_ttl_ms = 60000\n\
+         [quota]\nflush_interval_ms = 10\ncompletion_weight = 100\n"
+    ));
+    let c = config.cluster.as_ref().unwrap();
+    assert_eq!(
+        (c.lease_fraction, c.lease_ttl),
+        (0.5, Duration::from_secs(60))
+    );
+    assert_eq!(config.quota.flush_interval, Duration::from_millis(10));
+    assert_eq!(config.quota.completion_weight, 100.0);
+    let e = errors(&format!(
+        "{MINIMAL}[cluster]\nredis = \"redis://h\"\nnode_id = \"\"\nlease_ttl_ms = 60001\n\
+         [quota]\nflush_interval_ms = 60001\ncompletion_weight = 100.5\n"
+    ));
+    assert_eq!(
+        e.paths(),
+        [
+            "quota.flush_interval_ms",
+            "quota.completion_weight",
+            "cluster.node_id",
+            "cluster.lease_ttl_ms",
+        ],
+        "\n{e}"
+    );
 }

@@ -3,10 +3,12 @@
 //! Every section is checked even after an error, and every finding is
 //! pushed with its key path, so one run reports all that is wrong. Defaults
 //! are filled in here, units are applied (`_ms` -> `Duration`), names are
-//! resolved to indices (`models[].provider` -> `Config::providers` index)
-//! and consumer keys are reduced to SHA-256 hashes. Cross-references are
-//! checked against the raw names, so a provider with a bad URL does not
-//! also make every model that uses it "unknown".
+//! resolved to indices (`models[].provider` -> `Config::providers` index),
+//! consumer keys and the admin token are reduced to SHA-256 hashes, budgets
+//! to integer micro-units, and each consumer's limits are merged with
+//! `[quota.defaults]`. Cross-references are checked against the raw names,
+//! so a provider with a bad URL does not also make every model that uses it
+//! "unknown".
 //!
 //! Invariant: a section builder returns `None` only after pushing an error,
 //! so when no error was pushed every `Option` is `Some` and indices into the
@@ -14,17 +16,19 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::raw::{
-    RawAdmin, RawAudit, RawConfig, RawConsumer, RawKey, RawLimits, RawListener, RawModel,
-    RawProvider, RawTls, RawWorkers,
+    RawAdmin, RawAudit, RawCluster, RawConfig, RawConsumer, RawKey, RawLimit, RawLimitSet,
+    RawLimits, RawListener, RawModel, RawPrice, RawProvider, RawQuota, RawTls, RawWorkers,
 };
+use crate::span::path_key;
 use crate::{
-    sha256, Admin, ApiKey, Audit, BaseUrl, Config, ConfigError, ConfigErrors, Consumer, Encoding,
-    Limits, Listener, Model, Provider, ProviderKind, TlsFiles, Workers,
+    sha256, Admin, ApiKey, Audit, BaseUrl, Cluster, Config, ConfigError, ConfigErrors, Consumer,
+    Encoding, LimitSet, Limits, Listener, Model, Price, Provider, ProviderKind, Quota, RedisUrl,
+    TlsFiles, Workers,
 };
 
 /// Longest accepted timeout or interval: one day. Anything longer is almost
@@ -38,6 +42,24 @@ const HEADER_BYTES: (u64, u64) = (1024, 1 << 20);
 const MAX_BODY_BYTES: u64 = 1 << 30;
 /// Upper bound for `providers[].max_idle_connections`.
 const MAX_IDLE_CONNECTIONS: u64 = 65_536;
+/// Bounds for `quota.flush_interval_ms`: more often than every 10 ms only
+/// burns I/O; less often than a minute loses too much on a crash.
+const FLUSH_INTERVAL_MS: (u64, u64) = (10, 60_000);
+/// Upper bound for `quota.completion_weight`.
+const MAX_COMPLETION_WEIGHT: f64 = 100.0;
+/// Largest budget, in currency units: far above any real budget, and small
+/// enough that micro-units fit a u64 with room for sums.
+const MAX_BUDGET: f64 = 1e12;
+/// Largest price per million tokens: one currency unit per token. Keeps
+/// `Price::cost_micros` far from saturating.
+const MAX_PRICE_PER_MILLION: f64 = 1e6;
+/// Bounds for `cluster.lease_ttl_ms`.
+const LEASE_TTL_MS: (u64, u64) = (100, 60_000);
+/// Upper bound for `cluster.lease_fraction`: leasing more than half of a
+/// limit would let two nodes take all of it.
+const MAX_LEASE_FRACTION: f64 = 0.5;
+/// `cluster.node_id` when neither it nor a host name is available.
+const FALLBACK_NODE_ID: &str = "sluice";
 
 /// Validates `raw`; returns the config or every error found.
 pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
@@ -47,29 +69,51 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let admin = v.admin(&raw.admin, &listeners);
     let workers = v.workers(&raw.workers);
     let limits = v.limits(&raw.limits);
+    let defaults = v.limit_set("quota.defaults", &raw.quota.defaults, Scope::Defaults);
+    let quota = v.quota(&raw.quota, defaults.clone());
     let providers = v.providers(&raw.providers);
     let models = v.models(&raw.models, &raw.providers);
-    let consumers = v.consumers(&raw.consumers, &raw.models);
+    let consumers = v.consumers(&raw.consumers, &raw.models, defaults.as_ref(), &raw.quota);
     let audit = v.audit(&raw.audit);
+    let cluster = match &raw.cluster {
+        None => Some(None),
+        Some(cluster) => v.cluster(cluster).map(Some),
+    };
+    v.admin_token_unused(&raw.admin, admin.as_ref(), &consumers);
 
     if !v.errors.is_empty() {
         return Err(ConfigErrors(v.errors));
     }
-    match (admin, workers, limits, audit) {
-        (Some(admin), Some(workers), Some(limits), Some(audit)) => Ok(Config {
-            listeners: listeners.into_iter().flatten().collect(),
-            admin,
-            workers,
-            limits,
-            providers: providers.into_iter().flatten().collect(),
-            models: models.into_iter().flatten().collect(),
-            consumers: consumers.into_iter().flatten().collect(),
-            audit,
-            warnings: v.warnings,
-        }),
+    match (admin, workers, limits, audit, quota, cluster) {
+        (Some(admin), Some(workers), Some(limits), Some(audit), Some(quota), Some(cluster)) => {
+            Ok(Config {
+                listeners: listeners.into_iter().flatten().collect(),
+                admin,
+                workers,
+                limits,
+                providers: providers.into_iter().flatten().collect(),
+                models: models.into_iter().flatten().collect(),
+                consumers: consumers.into_iter().flatten().collect(),
+                audit,
+                quota,
+                cluster,
+                warnings: v.warnings,
+            })
+        }
         // Unreachable by the invariant above; kept as an error, not a panic.
         _ => Err(ConfigError::new("", "internal error: a section failed without an error").into()),
     }
+}
+
+/// Where a limit set sits, for the advice given on a zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// `[quota.defaults]`.
+    Defaults,
+    /// A consumer's `limits`, which override the defaults.
+    Consumer,
+    /// One entry of a consumer's `model_limits`.
+    Model,
 }
 
 /// Collects errors and warnings while the sections are checked.
@@ -140,25 +184,116 @@ impl Validator {
         })
     }
 
-    /// `[admin]`: a valid address not taken by a listener.
+    /// `[admin]`: a valid address not taken by a listener, and at most one
+    /// form of the token.
     fn admin(&mut self, raw: &RawAdmin, listeners: &[Option<Listener>]) -> Option<Admin> {
-        let address = match &raw.address {
-            None => SocketAddr::from(([127, 0, 0, 1], 9901)),
-            Some(text) => self.address("admin.address", text)?,
+        let mut address = match &raw.address {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            Some(text) => self.address("admin.address", text),
         };
-        if address.port() != 0 {
+        if let Some(taken) = address.filter(|a| a.port() != 0) {
             let clash = listeners
                 .iter()
-                .position(|l| l.as_ref().is_some_and(|l| l.address == address));
+                .position(|l| l.as_ref().is_some_and(|l| l.address == taken));
             if let Some(i) = clash {
                 self.error(
                     "admin.address",
-                    format!("{address} is already used by listeners[{i}]"),
+                    format!("{taken} is already used by listeners[{i}]"),
                 );
-                return None;
+                address = None;
             }
         }
-        Some(Admin { address })
+        let token_sha256 = self.admin_token(raw);
+        if let (Some(address), Some(Some(_))) = (address, token_sha256) {
+            if !address.ip().is_loopback() {
+                self.warn(
+                    "admin.address",
+                    "not a loopback address: the admin token crosses the network in plain HTTP; \
+                     keep admin on 127.0.0.1 or put a TLS proxy in front",
+                );
+            }
+        }
+        Some(Admin {
+            address: address?,
+            token_sha256: token_sha256?,
+        })
+    }
+
+    /// The admin token's hash from `token_env`, `token_sha256` or `token`;
+    /// `Some(None)` when none is set (the admin API stays off).
+    fn admin_token(&mut self, raw: &RawAdmin) -> Option<Option<[u8; 32]>> {
+        match (&raw.token_env, &raw.token_sha256, &raw.token) {
+            (None, None, None) => Some(None),
+            (Some(var), None, None) => {
+                let token = self.env_value("admin.token_env", var, "token_sha256")?;
+                if token.is_empty() || !is_header_token(&token) {
+                    self.error(
+                        "admin.token_env",
+                        format!(
+                            "environment variable \"{var}\": the token must be non-empty visible \
+                             ASCII (no spaces or newlines)"
+                        ),
+                    );
+                    return None;
+                }
+                Some(Some(sha256(&token)))
+            }
+            (None, Some(hex_text), None) => {
+                self.sha256_hex("admin.token_sha256", hex_text).map(Some)
+            }
+            (None, None, Some(token)) => {
+                if token.is_empty() || !is_header_token(token) {
+                    self.error(
+                        "admin.token",
+                        "the token must be non-empty visible ASCII (no spaces or newlines)",
+                    );
+                    return None;
+                }
+                self.warn(
+                    "admin.token",
+                    "plain-text admin token; in production use token_env or token_sha256",
+                );
+                Some(Some(sha256(token)))
+            }
+            _ => {
+                self.error("admin", "set only one of token_env, token_sha256 or token");
+                None
+            }
+        }
+    }
+
+    /// The admin token must not also be a consumer key: a consumer could
+    /// then change its own quota.
+    fn admin_token_unused(
+        &mut self,
+        raw: &RawAdmin,
+        admin: Option<&Admin>,
+        consumers: &[Option<Consumer>],
+    ) {
+        let Some(token) = admin.and_then(|a| a.token_sha256) else {
+            return;
+        };
+        let path = if raw.token_env.is_some() {
+            "admin.token_env"
+        } else if raw.token_sha256.is_some() {
+            "admin.token_sha256"
+        } else {
+            "admin.token"
+        };
+        for (i, consumer) in consumers.iter().enumerate() {
+            let keys = consumer.iter().flat_map(|c| c.keys.iter());
+            for (k, key) in keys.enumerate() {
+                if key.sha256 == token {
+                    self.error(
+                        path,
+                        format!(
+                            "same as consumers[{i}].keys[{k}]; the admin token must differ from \
+                             every consumer key"
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// `[workers]`.
@@ -331,27 +466,7 @@ impl Validator {
             (Some(key), None) => (key.clone(), format!("{at}.api_key")),
             (None, Some(var)) => {
                 let path = format!("{at}.key_env");
-                if var.is_empty() {
-                    self.error(path, "must name an environment variable");
-                    return None;
-                }
-                match std::env::var(var) {
-                    Ok(key) => (key, path),
-                    Err(std::env::VarError::NotPresent) => {
-                        self.error(
-                            path,
-                            format!("environment variable \"{var}\" is not set; export it or use api_key"),
-                        );
-                        return None;
-                    }
-                    Err(std::env::VarError::NotUnicode(_)) => {
-                        self.error(
-                            path,
-                            format!("environment variable \"{var}\" is not valid UTF-8"),
-                        );
-                        return None;
-                    }
-                }
+                (self.env_value(&path, var, "api_key")?, path)
             }
         };
         if key.is_empty() {
@@ -447,19 +562,31 @@ impl Validator {
                         encoding
                     }
                 };
+                let price = match &model.price {
+                    None => Some(None),
+                    Some(price) => self.price(&format!("{at}.price"), price).map(Some),
+                };
                 Some(Model {
                     name: name?,
                     provider: provider?,
                     upstream_model: upstream_model?,
                     encoding: encoding?,
+                    price: price?,
                 })
             })
             .collect()
     }
 
     /// `[[consumers]]`: names unique, keys valid and never shared, allowed
-    /// models known.
-    fn consumers(&mut self, raw: &[RawConsumer], models: &[RawModel]) -> Vec<Option<Consumer>> {
+    /// models known, limits merged with `defaults` (`None` when
+    /// `[quota.defaults]` had errors).
+    fn consumers(
+        &mut self,
+        raw: &[RawConsumer],
+        models: &[RawModel],
+        defaults: Option<&LimitSet>,
+        quota: &RawQuota,
+    ) -> Vec<Option<Consumer>> {
         let names: Vec<Option<&String>> = raw.iter().map(|c| c.name.as_ref()).collect();
         // Hash -> path of the key that first used it.
         let mut owners: HashMap<[u8; 32], String> = HashMap::new();
@@ -473,10 +600,28 @@ impl Validator {
                     None => Some(None),
                     Some(list) => self.allowed_models(&at, list, models).map(Some),
                 };
+                let balance = match consumer.balance {
+                    Some(balance) if balance < 0 => {
+                        self.error(
+                            format!("{at}.balance"),
+                            format!("{balance} is negative; a starting token balance is >= 0"),
+                        );
+                        None
+                    }
+                    balance => Some(balance),
+                };
+                let limits = self.consumer_limits(&at, consumer, defaults, &quota.defaults);
+                let model_limits = self.model_limits(&at, consumer, models);
+                if let Some(limits) = &limits {
+                    self.unpriced_budget(&at, consumer, limits, models);
+                }
                 Some(Consumer {
                     name: name?,
                     keys: keys?,
                     allowed_models: allowed_models?,
+                    limits: limits?,
+                    model_limits: model_limits?,
+                    balance: balance?,
                 })
             })
             .collect()
@@ -611,6 +756,147 @@ impl Validator {
         ok.then(|| list.to_vec())
     }
 
+    /// A consumer's effective limits: `defaults`, each key replaced by its
+    /// own `limits`, minus the names in `unlimited`.
+    fn consumer_limits(
+        &mut self,
+        at: &str,
+        raw: &RawConsumer,
+        defaults: Option<&LimitSet>,
+        raw_defaults: &RawLimitSet,
+    ) -> Option<LimitSet> {
+        let own = self.limit_set(&format!("{at}.limits"), &raw.limits, Scope::Consumer);
+        let own_raw = raw.limits.entries();
+        let default_raw = raw_defaults.entries();
+        let mut exempt = Vec::with_capacity(raw.unlimited.len());
+        let mut ok = true;
+        for (j, name) in raw.unlimited.iter().enumerate() {
+            let path = format!("{at}.unlimited[{j}]");
+            let Some(i) = LimitSet::NAMES.iter().position(|n| n == name) else {
+                self.error(
+                    path,
+                    format!(
+                        "unknown limit \"{name}\"; expected one of: {}",
+                        LimitSet::NAMES.join(", ")
+                    ),
+                );
+                ok = false;
+                continue;
+            };
+            if own_raw[i].is_set() {
+                self.error(
+                    path,
+                    format!("\"{name}\" is also set in {at}.limits; keep one of the two"),
+                );
+                ok = false;
+            } else if !default_raw[i].is_set() {
+                self.warn(
+                    &path,
+                    &format!("quota.defaults sets no {name}, so this entry changes nothing"),
+                );
+            }
+            exempt.push(i);
+        }
+        let mut merged = defaults?.to_array();
+        for (slot, own) in merged.iter_mut().zip(own?.to_array()) {
+            if own.is_some() {
+                *slot = own;
+            }
+        }
+        for i in exempt {
+            merged[i] = None;
+        }
+        ok.then(|| LimitSet::from_array(merged))
+    }
+
+    /// A consumer's `model_limits`: each key a model it may use, each value
+    /// a valid limit set. Sorted by model index.
+    fn model_limits(
+        &mut self,
+        at: &str,
+        raw: &RawConsumer,
+        models: &[RawModel],
+    ) -> Option<Vec<(usize, LimitSet)>> {
+        let mut out = Vec::with_capacity(raw.model_limits.len());
+        let mut ok = true;
+        for (model, raw_set) in &raw.model_limits {
+            let path = format!("{at}.model_limits.{}", path_key(model));
+            let index = models.iter().position(|m| m.name.as_ref() == Some(model));
+            let allowed = raw
+                .allowed_models
+                .as_ref()
+                .is_none_or(|list| list.contains(model));
+            match index {
+                None => self.error(path.clone(), format!("unknown model \"{model}\"")),
+                Some(_) if !allowed => self.error(
+                    path.clone(),
+                    format!(
+                        "this consumer may not use \"{model}\"; add it to {at}.allowed_models \
+                         or remove this entry"
+                    ),
+                ),
+                Some(_) => {}
+            }
+            let set = self.limit_set(&path, raw_set, Scope::Model);
+            if let Some(set) = &set {
+                if set.is_empty() {
+                    self.warn(&path, "sets no limit; remove it or add one");
+                }
+                let priced = index
+                    .and_then(|i| models.get(i))
+                    .is_some_and(|m| m.price.is_some());
+                let budget =
+                    set.budget_per_day_micros.is_some() || set.budget_per_month_micros.is_some();
+                if budget && index.is_some() && !priced {
+                    self.warn(
+                        &path,
+                        &format!("\"{model}\" has no price, so its budget is never spent; set models[].price"),
+                    );
+                }
+            }
+            match (index, set) {
+                (Some(index), Some(set)) if allowed => out.push((index, set)),
+                _ => ok = false,
+            }
+        }
+        out.sort_by_key(|(index, _)| *index);
+        ok.then_some(out)
+    }
+
+    /// Warns when a consumer with a budget may use a model without a price:
+    /// those requests cost 0 and never count against the budget.
+    fn unpriced_budget(
+        &mut self,
+        at: &str,
+        raw: &RawConsumer,
+        limits: &LimitSet,
+        models: &[RawModel],
+    ) {
+        if limits.budget_per_day_micros.is_none() && limits.budget_per_month_micros.is_none() {
+            return;
+        }
+        let unpriced: Vec<&str> = models
+            .iter()
+            .filter(|m| m.price.is_none())
+            .filter_map(|m| m.name.as_deref())
+            .filter(|name| {
+                raw.allowed_models
+                    .as_ref()
+                    .is_none_or(|list| list.iter().any(|a| a == name))
+            })
+            .collect();
+        if !unpriced.is_empty() {
+            self.warn(
+                at,
+                &format!(
+                    "has a budget but may use unpriced model(s) {}: their requests cost 0 and \
+                     never count against it; set models[].price",
+                    quoted_list(&unpriced)
+                ),
+            );
+        }
+    }
+
     /// `[audit]`.
     fn audit(&mut self, raw: &RawAudit) -> Option<Audit> {
         let path = match &raw.path {
@@ -628,7 +914,350 @@ impl Validator {
         })
     }
 
+    /// `[quota]`, with `[quota.defaults]` already checked into `defaults`.
+    fn quota(&mut self, raw: &RawQuota, defaults: Option<LimitSet>) -> Option<Quota> {
+        let state_path = match &raw.state_path {
+            None => Some(PathBuf::from("sluice-quota.redb")),
+            Some(path) if path.as_os_str().is_empty() => {
+                self.warn(
+                    "quota.state_path",
+                    "empty: balances, spend and rate windows live in memory only and are \
+                     lost on restart",
+                );
+                None
+            }
+            Some(path) => Some(path.clone()),
+        };
+        let flush_interval = self
+            .in_range(
+                "quota.flush_interval_ms",
+                raw.flush_interval_ms.unwrap_or(1_000),
+                FLUSH_INTERVAL_MS.0,
+                FLUSH_INTERVAL_MS.1,
+            )
+            .map(Duration::from_millis);
+        let default_max_tokens = match raw.default_max_tokens {
+            None => Some(4096),
+            Some(0) => {
+                self.error("quota.default_max_tokens", "must be > 0");
+                None
+            }
+            Some(tokens) => Some(tokens),
+        };
+        let completion_weight = raw.completion_weight.unwrap_or(1.0);
+        // Written so that NaN fails too.
+        let completion_weight = if completion_weight > 0.0
+            && completion_weight <= MAX_COMPLETION_WEIGHT
+        {
+            Some(completion_weight)
+        } else {
+            self.error(
+                "quota.completion_weight",
+                format!("{completion_weight} is out of range: 0 < completion_weight <= {MAX_COMPLETION_WEIGHT}"),
+            );
+            None
+        };
+        let currency = match raw.currency.as_deref() {
+            None => Some("USD".to_string()),
+            Some(code) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) => {
+                Some(code.to_string())
+            }
+            Some(code) => {
+                self.error(
+                    "quota.currency",
+                    format!(
+                        "expected an ISO 4217 code of 3 upper-case letters such as \"USD\", got \"{code}\""
+                    ),
+                );
+                None
+            }
+        };
+        Some(Quota {
+            state_path,
+            flush_interval: flush_interval?,
+            default_max_tokens: default_max_tokens?,
+            completion_weight: completion_weight?,
+            currency: currency?,
+            defaults: defaults?,
+        })
+    }
+
+    /// A set of limits at `at`: every count > 0, every budget a positive
+    /// amount, turned into micro-units.
+    fn limit_set(&mut self, at: &str, raw: &RawLimitSet, scope: Scope) -> Option<LimitSet> {
+        let mut values = [None; 8];
+        let mut ok = true;
+        for ((value, name), raw) in values.iter_mut().zip(LimitSet::NAMES).zip(raw.entries()) {
+            let path = format!("{at}.{name}");
+            let parsed = match raw {
+                RawLimit::Count(None) | RawLimit::Money(None) => continue,
+                RawLimit::Count(Some(count)) => NonZeroU64::new(count),
+                RawLimit::Money(Some(amount)) => self.budget_micros(&path, amount),
+            };
+            if parsed.is_none() && matches!(raw, RawLimit::Count(_)) {
+                let advice = match scope {
+                    Scope::Consumer => format!(
+                        "to lift a quota.defaults limit for this consumer use unlimited = [\"{name}\"]"
+                    ),
+                    Scope::Defaults | Scope::Model => "remove the key for no limit".to_string(),
+                };
+                self.error(path, format!("must be > 0; {advice}"));
+            }
+            ok &= parsed.is_some();
+            *value = parsed;
+        }
+        ok.then(|| LimitSet::from_array(values))
+    }
+
+    /// A budget in currency units as micro-units: > 0 and at most
+    /// `MAX_BUDGET`, at least one micro-unit after rounding.
+    fn budget_micros(&mut self, path: &str, amount: f64) -> Option<NonZeroU64> {
+        if amount.is_nan() || amount <= 0.0 {
+            self.error(
+                path,
+                format!("{amount} is not a positive amount; remove the key for no budget"),
+            );
+            return None;
+        }
+        if amount > MAX_BUDGET {
+            self.error(
+                path,
+                format!("{amount} is more than the largest budget, {MAX_BUDGET}"),
+            );
+            return None;
+        }
+        // In range (0, 1e18]: the cast is exact enough and cannot wrap.
+        let micros = NonZeroU64::new((amount * 1e6).round() as u64);
+        if micros.is_none() {
+            self.error(
+                path,
+                format!("{amount} is less than 0.000001, the smallest amount counted"),
+            );
+        }
+        micros
+    }
+
+    /// A model's `price` table.
+    fn price(&mut self, at: &str, raw: &RawPrice) -> Option<Price> {
+        let input = self.price_value(
+            &format!("{at}.input_per_million"),
+            raw.input_per_million,
+            true,
+        );
+        let output = self.price_value(
+            &format!("{at}.output_per_million"),
+            raw.output_per_million,
+            true,
+        );
+        let cached = self.price_value(
+            &format!("{at}.cached_input_per_million"),
+            raw.cached_input_per_million,
+            false,
+        );
+        let input = input??;
+        Some(Price {
+            input_per_million: input,
+            output_per_million: output??,
+            cached_input_per_million: cached?.unwrap_or(input),
+        })
+    }
+
+    /// One price per million tokens: finite, in 0..=MAX_PRICE_PER_MILLION.
+    /// `Some(None)` when absent and not `required`.
+    fn price_value(&mut self, path: &str, raw: Option<f64>, required: bool) -> Option<Option<f64>> {
+        match raw {
+            None if required => {
+                self.error(
+                    path,
+                    "missing; set the price per million tokens (0 for free)",
+                );
+                None
+            }
+            None => Some(None),
+            // `contains` is false for NaN.
+            Some(price) if (0.0..=MAX_PRICE_PER_MILLION).contains(&price) => Some(Some(price)),
+            Some(price) => {
+                self.error(
+                    path,
+                    format!(
+                        "{price} is out of range 0..={MAX_PRICE_PER_MILLION} (per million tokens)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[cluster]`.
+    fn cluster(&mut self, raw: &RawCluster) -> Option<Cluster> {
+        let redis = self.redis_url(raw);
+        let node_id = match &raw.node_id {
+            Some(id) if is_node_id(id) => Some(id.clone()),
+            Some(id) => {
+                self.error(
+                    "cluster.node_id",
+                    format!("\"{id}\" is not a node id: 1 to 64 of A-Z a-z 0-9 . _ -"),
+                );
+                None
+            }
+            None => {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                let host = host.trim();
+                if is_node_id(host) {
+                    Some(host.to_string())
+                } else {
+                    self.warn(
+                        "cluster.node_id",
+                        &format!(
+                            "no usable host name in /etc/hostname; using \"{FALLBACK_NODE_ID}\". \
+                             Set node_id so that every node has its own"
+                        ),
+                    );
+                    Some(FALLBACK_NODE_ID.to_string())
+                }
+            }
+        };
+        let lease_fraction = raw.lease_fraction.unwrap_or(0.05);
+        // Written so that NaN fails too.
+        let lease_fraction = if lease_fraction > 0.0 && lease_fraction <= MAX_LEASE_FRACTION {
+            Some(lease_fraction)
+        } else {
+            self.error(
+                "cluster.lease_fraction",
+                format!(
+                    "{lease_fraction} is out of range: 0 < lease_fraction <= {MAX_LEASE_FRACTION}"
+                ),
+            );
+            None
+        };
+        let lease_ttl = self
+            .in_range(
+                "cluster.lease_ttl_ms",
+                raw.lease_ttl_ms.unwrap_or(2_000),
+                LEASE_TTL_MS.0,
+                LEASE_TTL_MS.1,
+            )
+            .map(Duration::from_millis);
+        let fail_open = match raw.on_redis_down.as_deref() {
+            None | Some("open") => Some(true),
+            Some("closed") => Some(false),
+            Some(other) => {
+                self.error(
+                    "cluster.on_redis_down",
+                    format!("unknown value \"{other}\"; expected \"open\" or \"closed\""),
+                );
+                None
+            }
+        };
+        let connect_timeout =
+            self.millis("cluster.connect_timeout_ms", raw.connect_timeout_ms, 500);
+        Some(Cluster {
+            redis: redis?,
+            node_id: node_id?,
+            lease_fraction: lease_fraction?,
+            lease_ttl: lease_ttl?,
+            fail_open: fail_open?,
+            connect_timeout: connect_timeout?,
+        })
+    }
+
+    /// The Redis URL from `redis` or from the variable named by `redis_env`;
+    /// exactly one of the two.
+    fn redis_url(&mut self, raw: &RawCluster) -> Option<RedisUrl> {
+        match (&raw.redis, &raw.redis_env) {
+            (None, None) => {
+                self.error(
+                    "cluster.redis",
+                    "missing; set redis = \"redis://127.0.0.1:6379/0\" or redis_env = \"VAR\" \
+                     (or remove [cluster] to run standalone)",
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                self.error(
+                    "cluster.redis_env",
+                    "set either redis or redis_env, not both",
+                );
+                None
+            }
+            (Some(text), None) => match RedisUrl::parse(text) {
+                Ok(url) => {
+                    if url.password.is_some() {
+                        self.warn(
+                            "cluster.redis",
+                            "the Redis password is written in the config file; use redis_env",
+                        );
+                    }
+                    Some(url)
+                }
+                Err(e) => {
+                    self.error("cluster.redis", e);
+                    None
+                }
+            },
+            (None, Some(var)) => {
+                let text = self.env_value("cluster.redis_env", var, "redis")?;
+                match RedisUrl::parse(&text) {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        self.error(
+                            "cluster.redis_env",
+                            format!("environment variable \"{var}\": {e}"),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     // ----- shared checks --------------------------------------------------
+
+    /// The value of environment variable `var`, named at `path`; `instead`
+    /// is the key to suggest when it is not set.
+    fn env_value(&mut self, path: &str, var: &str, instead: &str) -> Option<String> {
+        if var.is_empty() {
+            self.error(path, "must name an environment variable");
+            return None;
+        }
+        match std::env::var(var) {
+            Ok(value) => Some(value),
+            Err(std::env::VarError::NotPresent) => {
+                self.error(
+                    path,
+                    format!(
+                        "environment variable \"{var}\" is not set; export it or use {instead}"
+                    ),
+                );
+                None
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                self.error(
+                    path,
+                    format!("environment variable \"{var}\" is not valid UTF-8"),
+                );
+                None
+            }
+        }
+    }
+
+    /// 64 hex digits of the admin token's SHA-256.
+    fn sha256_hex(&mut self, path: &str, hex_text: &str) -> Option<[u8; 32]> {
+        let mut hash = [0u8; 32];
+        match hex::decode_to_slice(hex_text, &mut hash) {
+            Ok(()) => Some(hash),
+            Err(_) => {
+                self.error(
+                    path,
+                    format!(
+                        "expected 64 hex digits (the SHA-256 of the token, as printed by \
+                         `sluice hash-key TOKEN`), got \"{hex_text}\""
+                    ),
+                );
+                None
+            }
+        }
+    }
 
     /// `<at>.name`: present, non-blank, and not used by an earlier entry of
     /// the same list (`names` holds every entry's name, in order).
@@ -769,6 +1398,15 @@ impl Validator {
         }
         Some(value)
     }
+}
+
+/// A `cluster.node_id`: 1..=64 of `A-Z a-z 0-9 . _ -`, safe inside a Redis
+/// key and a metric label.
+fn is_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Visible ASCII only: safe inside an HTTP header value.

@@ -127,23 +127,21 @@ impl Filter for Accounting {
     }
 
     fn on_done(&self, ctx: &mut RequestCtx) {
-        if ctx.usage.source != UsageSource::None {
+        let Some(model) = ctx.model.and_then(|m| self.config.models.get(m)) else {
             return;
-        }
-        // Only an answer the provider produced (2xx) costs tokens.
+        };
+        // Only an answer the provider produced (2xx) costs tokens; with no
+        // usage from the provider, count what was sent and generated.
         let produced = matches!(ctx.upstream_status, Some(s) if (200..300).contains(&s));
-        let (Some(model), Some(endpoint)) = (ctx.model, ctx.endpoint) else {
-            return;
-        };
-        let Some(model) = self.config.models.get(model) else {
-            return;
-        };
-        if !produced {
-            return;
+        if ctx.usage.source == UsageSource::None && produced {
+            let endpoint = ctx.endpoint.map_or("", |e| e.as_str());
+            ctx.usage.prompt = tokens::prompt_tokens(model.encoding, endpoint, &ctx.upstream_body);
+            ctx.usage.completion = tokens::count(model.encoding, &ctx.completion_text);
+            ctx.usage.source = UsageSource::Estimated;
         }
-        ctx.usage.prompt =
-            tokens::prompt_tokens(model.encoding, endpoint.as_str(), &ctx.upstream_body);
-        ctx.usage.completion = tokens::count(model.encoding, &ctx.completion_text);
-        ctx.usage.source = UsageSource::Estimated;
+        if let Some(price) = &model.price {
+            let u = ctx.usage;
+            ctx.cost_micros = price.cost_micros(u.prompt, u.cached, u.completion);
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! time. `GET /metrics` merges every core's metrics (Prometheus text),
 //! `GET /healthz` answers while the process runs, `GET /readyz` answers 200
 //! once every worker listens and 503 while starting or draining, with the
-//! details as JSON.
+//! details as JSON. `/admin/...` is the quota API (`admin_api`), behind the
+//! admin bearer token.
 
 use std::sync::Arc;
 
@@ -14,25 +15,33 @@ use monoio::net::TcpListener;
 use crate::error::{error_body, ErrorKind};
 use crate::http;
 use crate::io::{BufConn, Stream};
-use crate::metrics;
 use crate::server::Shared;
+use crate::{admin_api, conn, metrics};
+use std::net::SocketAddr;
 
 /// Serve the admin API on `listener` until the process exits.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         monoio::spawn(async move {
             let conn: BufConn<crate::io::DownStream> = BufConn::new(Stream::Plain(tcp));
-            serve_conn(shared, conn).await;
+            serve_conn(shared, conn, peer).await;
         });
     }
 }
 
-async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(shared: Arc<Shared>, mut conn: BufConn<S>) {
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
+    shared: Arc<Shared>,
+    mut conn: BufConn<S>,
+    peer: SocketAddr,
+) {
     let timeout = shared.config.limits.idle_timeout;
     loop {
         let head = loop {
@@ -47,13 +56,15 @@ async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(shared: Arc<Shared>, mut 
             }
         };
         conn.consume(head.head_len);
-        if !matches!(head.body, http::BodyKind::None | http::BodyKind::Length(0)) {
-            // The admin API of this version takes no bodies.
-            return;
-        }
-        let path = head.path.split('?').next().unwrap_or("");
-        let (status, content_type, body): (u16, &str, Vec<u8>) = match (head.method.as_str(), path)
-        {
+        let body = match conn::read_body(&mut conn, &head, MAX_ADMIN_BODY, timeout).await {
+            Ok(body) => body,
+            Err(_) => return,
+        };
+        let path = head.path.split('?').next().unwrap_or("").to_string();
+        let (status, content_type, body): (u16, &str, Vec<u8>) = match (
+            head.method.as_str(),
+            path.as_str(),
+        ) {
             ("GET", "/metrics") => (
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -67,6 +78,26 @@ async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(shared: Arc<Shared>, mut 
                     "application/json",
                     details.into_bytes(),
                 )
+            }
+            (method, p) if p.starts_with("/admin/") => {
+                let answer = if !admin_api::authorized(&shared, &head) {
+                    let why = if shared.config.admin.token_sha256.is_some() {
+                        "missing or wrong admin token: send 'Authorization: Bearer <admin token>'"
+                    } else {
+                        "the admin API is disabled: set admin.token_env (or admin.token_sha256) in the config"
+                    };
+                    admin_api::Answer {
+                        status: 401,
+                        body: error_body(ErrorKind::Unauthorized, why),
+                        change: None,
+                    }
+                } else {
+                    admin_api::handle(&shared, method, p, &body)
+                };
+                if let Some(change) = &answer.change {
+                    shared.record_admin_change(change, peer);
+                }
+                (answer.status, "application/json", answer.body)
             }
             _ => (
                 404,

@@ -23,6 +23,8 @@ const FLUSH_AT: usize = 256 * 1024;
 /// One audit record, as written.
 #[derive(Serialize)]
 pub struct Record<'a> {
+    /// "request" (admin changes are written as "admin").
+    pub kind: &'static str,
     pub ts: String,
     pub request_id: &'a str,
     pub consumer: Option<&'a str>,
@@ -40,6 +42,11 @@ pub struct Record<'a> {
     pub cached_tokens: u64,
     pub total_tokens: u64,
     pub usage_source: &'static str,
+    /// Cost of the usage in `currency` units.
+    pub cost: f64,
+    pub currency: &'a str,
+    /// The limit that refused the request (429), if one did.
+    pub limit: Option<&'static str>,
     pub latency_ms: f64,
     pub ttft_ms: Option<f64>,
     pub bytes_in: u64,
@@ -55,6 +62,7 @@ impl<'a> Record<'a> {
         let provider = ctx.provider.and_then(|p| config.providers.get(p));
         let ms = |d: std::time::Duration| (d.as_micros() as f64) / 1000.0;
         Record {
+            kind: "request",
             ts: humantime::format_rfc3339_millis(ctx.time).to_string(),
             request_id: &ctx.id,
             consumer: consumer.map(|c| c.name.as_str()),
@@ -75,6 +83,9 @@ impl<'a> Record<'a> {
             cached_tokens: ctx.usage.cached,
             total_tokens: ctx.usage.prompt + ctx.usage.completion,
             usage_source: ctx.usage.source.as_str(),
+            cost: ctx.cost_micros as f64 / 1e6,
+            currency: &config.quota.currency,
+            limit: ctx.refused_by,
             latency_ms: ms(ctx.received.elapsed()),
             ttft_ms: ctx.ttft.map(ms),
             bytes_in: ctx.bytes_in,
@@ -112,6 +123,17 @@ impl AuditLog {
         if full {
             self.flush();
         }
+    }
+
+    /// Append one JSON value as a line (admin changes), written at once.
+    pub fn record_now(&self, value: &serde_json::Value) {
+        {
+            let mut buf = self.buf.borrow_mut();
+            if serde_json::to_writer(&mut *buf, value).is_ok() {
+                buf.push(b'\n');
+            }
+        }
+        self.flush();
     }
 
     /// Append what is buffered to the file, in one write.

@@ -229,7 +229,7 @@ where
     }
 }
 
-async fn read_body<S>(
+pub async fn read_body<S>(
     down: &mut BufConn<S>,
     head: &RequestHead,
     max: usize,

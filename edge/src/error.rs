@@ -57,6 +57,10 @@ pub enum ErrorKind {
     UpstreamStatus,
     /// The client went away before the response was complete.
     ClientAbort,
+    /// A rate limit of the consumer refused the request (requests or tokens per window, concurrency).
+    RateLimited,
+    /// The consumer's token balance or currency budget is spent.
+    InsufficientQuota,
     /// The node is draining and takes no new requests.
     ShuttingDown,
     /// A fault of sluice's own.
@@ -92,6 +96,8 @@ impl ErrorKind {
             UpstreamProtocol => (502, "upstream_error", "upstream_protocol_error"),
             UpstreamStatus => (502, "upstream_error", "upstream_error"),
             ClientAbort => (499, "invalid_request_error", "client_closed_request"),
+            RateLimited => (429, "rate_limit_exceeded", "rate_limit_exceeded"),
+            InsufficientQuota => (429, "insufficient_quota", "insufficient_quota"),
             ShuttingDown => (503, "server_error", "shutting_down"),
             Internal => (500, "server_error", "internal_error"),
         };
@@ -122,6 +128,8 @@ impl ErrorKind {
             UpstreamProtocol => "upstream_protocol",
             UpstreamStatus => "upstream_status",
             ClientAbort => "client_abort",
+            RateLimited => "rate_limited",
+            InsufficientQuota => "insufficient_quota",
             ShuttingDown => "shutting_down",
             Internal => "internal",
         }

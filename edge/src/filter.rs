@@ -17,9 +17,11 @@ use std::time::{Duration, Instant, SystemTime};
 use sluice_config::Config;
 
 use crate::accounting::Accounting;
+use crate::admission::Admission;
 use crate::auth::Auth;
 use crate::error::{Error, ErrorKind};
 use crate::http::RequestHead;
+use crate::quota::{Engine, Reservation};
 use crate::route::Route;
 
 /// Where the token counts on a record came from.
@@ -144,6 +146,14 @@ pub struct RequestCtx {
     pub ttft: Option<Duration>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Headers a stage wants on the response (rate-limit headroom, Retry-After).
+    pub response_headers: Vec<(&'static str, String)>,
+    /// The quota engine's hold on this request's limits, settled in `on_done`.
+    pub reservation: Option<Reservation>,
+    /// Cost of the usage in micro-units of `quota.currency`.
+    pub cost_micros: u64,
+    /// The limit that refused the request, if one did.
+    pub refused_by: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -172,6 +182,10 @@ impl RequestCtx {
             ttft: None,
             bytes_in: 0,
             bytes_out: 0,
+            response_headers: Vec::new(),
+            reservation: None,
+            cost_micros: 0,
+            refused_by: None,
         }
     }
 
@@ -218,14 +232,16 @@ pub trait Filter {
 pub struct Chain {
     pub auth: Auth,
     pub route: Route,
+    pub admission: Admission,
     pub accounting: Accounting,
 }
 
 impl Chain {
-    pub fn new(config: &Arc<Config>) -> Self {
+    pub fn new(config: &Arc<Config>, engine: Arc<Engine>) -> Self {
         Chain {
             auth: Auth::new(config),
             route: Route::new(config.clone()),
+            admission: Admission::new(config.clone(), engine),
             accounting: Accounting::new(config.clone()),
         }
     }
@@ -233,24 +249,22 @@ impl Chain {
     pub fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
         self.auth.on_request(ctx, req)?;
         self.route.on_request(ctx, req)?;
+        self.admission.on_request(ctx, req)?;
         self.accounting.on_request(ctx, req)
     }
 
     pub fn on_event(&self, ctx: &mut RequestCtx, data: &[u8]) -> Verdict {
-        // Every stage sees every event; any stage may hold one back.
-        let mut verdict = self.auth.on_event(ctx, data);
-        if self.route.on_event(ctx, data) == Verdict::Drop {
-            verdict = Verdict::Drop;
-        }
-        if self.accounting.on_event(ctx, data) == Verdict::Drop {
-            verdict = Verdict::Drop;
-        }
-        verdict
+        // Only accounting looks at events today; a stage that may hold an
+        // event back joins here and the verdicts combine (any Drop wins).
+        self.accounting.on_event(ctx, data)
     }
 
+    /// In reverse order, like unwinding: accounting settles the usage and
+    /// cost first, then admission settles the reservation with them.
     pub fn on_done(&self, ctx: &mut RequestCtx) {
-        self.auth.on_done(ctx);
-        self.route.on_done(ctx);
         self.accounting.on_done(ctx);
+        self.admission.on_done(ctx);
+        self.route.on_done(ctx);
+        self.auth.on_done(ctx);
     }
 }

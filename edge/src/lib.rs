@@ -8,6 +8,8 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod admin_api;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -19,6 +21,7 @@ pub mod io;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod quota;
 pub mod route;
 pub mod server;
 pub mod sse;

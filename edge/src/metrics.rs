@@ -31,8 +31,8 @@ const BUCKETS: [f64; 16] = [
 struct Inner {
     /// (model, consumer, status) → requests.
     requests: HashMap<(u32, u32, u16), u64>,
-    /// (consumer, model) → [prompt, completion, cached] tokens.
-    tokens: HashMap<(u32, u32), [u64; 3]>,
+    /// (consumer, model) → [prompt, completion, cached tokens, cost micros].
+    tokens: HashMap<(u32, u32), [u64; 4]>,
     /// Requests whose usage sluice estimated.
     estimated: u64,
     /// (provider, kind) → upstream errors.
@@ -69,7 +69,7 @@ impl Inner {
         }
         for (k, v) in &other.tokens {
             let e = self.tokens.entry(*k).or_default();
-            for i in 0..3 {
+            for i in 0..4 {
                 e[i] += v[i];
             }
         }
@@ -156,6 +156,7 @@ impl CoreMetrics {
             t[0] += ctx.usage.prompt;
             t[1] += ctx.usage.completion;
             t[2] += ctx.usage.cached;
+            t[3] += ctx.cost_micros;
             if ctx.usage.source == UsageSource::Estimated {
                 m.estimated += 1;
             }
@@ -233,6 +234,23 @@ pub fn render(config: &Config, cores: &[Arc<CoreMetrics>]) -> String {
                 model(*m)
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_cost_total Cost of the tokens used, in {}, by consumer and model.",
+        config.quota.currency
+    );
+    let _ = writeln!(out, "# TYPE sluice_cost_total counter");
+    let mut rows: Vec<_> = total.tokens.iter().collect();
+    rows.sort();
+    for ((c, m), t) in rows {
+        let _ = writeln!(
+            out,
+            "sluice_cost_total{{consumer=\"{}\",model=\"{}\"}} {}",
+            consumer(*c),
+            model(*m),
+            t[3] as f64 / 1e6
+        );
     }
     let _ = writeln!(out, "# HELP sluice_usage_estimated_total Requests whose token usage sluice counted itself because the provider reported none.");
     let _ = writeln!(out, "# TYPE sluice_usage_estimated_total counter");

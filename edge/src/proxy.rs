@@ -104,12 +104,14 @@ fn passes_on(name: &str) -> bool {
         || name.eq_ignore_ascii_case("server"))
 }
 
-/// Response head to the client: status, the upstream's end-to-end headers,
-/// the request id and sluice's own framing.
+/// Response head to the client: status, the upstream's end-to-end headers
+/// (where no stage set its own of the same name), the stages' headers, the
+/// request id and sluice's own framing.
 fn client_head(
     out: &mut Vec<u8>,
     ctx: &RequestCtx,
     upstream: Option<&ResponseHead>,
+    extra: &[(&str, &[u8])],
     status: u16,
     framing: Framing,
     keep_alive: bool,
@@ -117,10 +119,18 @@ fn client_head(
     let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(16);
     if let Some(up) = upstream {
         for h in &up.headers {
-            if passes_on(&h.name) {
+            let ours = ctx
+                .response_headers
+                .iter()
+                .any(|(n, _)| h.name.eq_ignore_ascii_case(n));
+            if passes_on(&h.name) && !ours {
                 headers.push((&h.name, &h.value));
             }
         }
+    }
+    headers.extend_from_slice(extra);
+    for (name, value) in &ctx.response_headers {
+        headers.push((name, value.as_bytes()));
     }
     headers.push(("x-request-id", ctx.id.as_bytes()));
     let len;
@@ -156,14 +166,15 @@ where
     S: AsyncReadRent + AsyncWriteRent,
 {
     let mut out = Vec::with_capacity(256 + body.len());
-    let len = body.len().to_string();
-    let mut all: Vec<(&str, &[u8])> = headers.to_vec();
-    all.push(("x-request-id", ctx.id.as_bytes()));
-    all.push(("content-length", len.as_bytes()));
-    if !keep_alive {
-        all.push(("connection", b"close"));
-    }
-    http::write_response_head(&mut out, status, &all);
+    client_head(
+        &mut out,
+        ctx,
+        None,
+        headers,
+        status,
+        Framing::Length(body.len()),
+        keep_alive,
+    );
     out.extend_from_slice(&body);
     ctx.status = status;
     write_client(down, ctx, out).await.is_ok() && keep_alive
@@ -299,6 +310,7 @@ where
         &mut out,
         ctx,
         Some(&response.head),
+        &[],
         status,
         Framing::Length(body.len()),
         keep_alive,
@@ -337,6 +349,7 @@ where
         &mut out,
         ctx,
         Some(&response.head),
+        &[],
         response.head.status,
         Framing::Chunked,
         keep_alive,

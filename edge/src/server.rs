@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -22,12 +22,16 @@ use monoio_rustls::TlsAcceptor;
 use sluice_config::Config;
 
 use crate::metrics::CoreMetrics;
+use crate::quota::store::Store;
+use crate::quota::Engine;
 use crate::worker::{self, Core};
 use crate::{admin, log, tls, tokens};
 
 /// State shared by every core: read-only after start, or atomics.
 pub struct Shared {
     pub config: Arc<Config>,
+    /// Limits, balances and budgets, shared lock-free by every core.
+    pub engine: Arc<Engine>,
     pub metrics: Vec<Arc<CoreMetrics>>,
     /// Per provider: the TLS client config when its base URL is https.
     pub upstream_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
@@ -35,6 +39,10 @@ pub struct Shared {
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     /// Random per process start, prefixes generated request ids.
     pub nonce: u32,
+    /// Durable quota state (standalone node), when `quota.state_path` is set.
+    pub store: Option<Store>,
+    /// The audit file, for admin changes (written from the admin thread).
+    admin_audit: Mutex<Option<std::fs::File>>,
     shutdown: AtomicBool,
     workers_ready: AtomicUsize,
 }
@@ -53,6 +61,37 @@ impl Shared {
     pub async fn wait_shutdown(&self) {
         while !self.is_shutting_down() {
             monoio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An admin change: its own audit record, and the quota state saved now.
+    pub fn record_admin_change(&self, change: &serde_json::Value, peer: SocketAddr) {
+        let mut record = serde_json::json!({
+            "kind": "admin",
+            "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "client": peer.ip().to_string(),
+        });
+        if let (Some(r), Some(c)) = (record.as_object_mut(), change.as_object()) {
+            r.extend(c.clone());
+        }
+        let mut line = record.to_string();
+        line.push('\n');
+        let mut file = self.admin_audit.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = file.as_mut() {
+            use std::io::Write;
+            if let Err(e) = f.write_all(line.as_bytes()) {
+                log::error(&format!("audit log write failed for an admin change: {e}"));
+            }
+        }
+        self.save_quota();
+    }
+
+    /// Write the quota state to the store now (no-op without a store).
+    pub fn save_quota(&self) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save(&self.engine) {
+                log::error(&e.to_string());
+            }
         }
     }
 
@@ -216,11 +255,30 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32))
         ^ std::process::id().rotate_left(16);
+    let engine = Arc::new(Engine::new(config.clone()));
+    let store = match &config.quota.state_path {
+        Some(path) => {
+            let store = Store::open(path).context("quota.state_path")?;
+            store
+                .load(&engine)
+                .context("quota.state_path: loading the saved state")?;
+            Some(store)
+        }
+        None => None,
+    };
+    let admin_audit = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config.audit.path)
+        .with_context(|| format!("audit.path: cannot open {}", config.audit.path.display()))?;
     let shared = Arc::new(Shared {
         metrics: (0..workers)
             .map(|_| Arc::new(CoreMetrics::default()))
             .collect(),
         config: config.clone(),
+        engine,
+        store,
+        admin_audit: Mutex::new(Some(admin_audit)),
         upstream_tls,
         listener_tls,
         nonce,
@@ -314,9 +372,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    // Quota state to disk every flush interval, and once more at the end.
+    if shared.store.is_some() {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("sluice-quota".into())
+            .spawn(move || {
+                while !shared.is_shutting_down() {
+                    std::thread::sleep(shared.config.quota.flush_interval);
+                    shared.save_quota();
+                }
+            })?;
+    }
     for h in handles {
         let _ = h.join();
     }
+    shared.save_quota();
     log::info("drained; audit flushed; bye");
     Ok(())
 }

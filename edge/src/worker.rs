@@ -57,7 +57,7 @@ impl Core {
         })?;
         Ok(Core {
             id,
-            chain: Chain::new(&config),
+            chain: Chain::new(&config, shared.engine.clone()),
             metrics: shared.metrics[id].clone(),
             config,
             shared,

@@ -364,6 +364,9 @@ keys = [{{ plain = {_toml_str(CONSUMER_KEY)} }}]
 [audit]
 path = {_toml_str(audit_path)}
 flush_interval_ms = 50
+
+[quota]
+state_path = {_toml_str(audit_path.with_name("quota.redb"))}
 """
 
 

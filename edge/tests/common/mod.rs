@@ -241,6 +241,8 @@ impl Setup {
              allowed_models = [\"{TURBO}\"]"
         );
         let _ = writeln!(s, "\n[audit]\npath = {}\nflush_interval_ms = 50", q(audit));
+        let quota_state = audit.with_file_name("quota.redb");
+        let _ = writeln!(s, "\n[quota]\nstate_path = {}", q(&quota_state));
         s
     }
 }
