@@ -6,6 +6,12 @@
 //! disconnects). sluice's end-to-end tests start it in-process with
 //! [`mock::spawn`]; benchmarks run it as the `sluice-mock` binary.
 //!
-//! The load generator and report tooling will live next to it.
+//! `load` is the load generator (`sluice-bench run`): closed loop, open
+//! loop without coordinated omission, idle streams; HTTP/1.1 over TCP or
+//! TLS; SSE stream checks; hdrhistogram results. `report` renders results
+//! as Markdown and SVG plots; `compare` runs one scenario set against
+//! several targets (direct, nginx, sluice, …) with CPU pinning and /proc
+//! accounting (`sluice-bench compare`).
 
+pub mod load;
 pub mod mock;

@@ -12,24 +12,28 @@ use std::sync::Arc;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpListener;
 
+use crate::cluster::Cluster;
 use crate::error::{error_body, ErrorKind};
 use crate::http;
 use crate::io::{BufConn, Stream};
 use crate::server::Shared;
 use crate::{admin_api, conn, metrics};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 /// Serve the admin API on `listener` until the process exits.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let cluster = Cluster::new(shared.config.clone(), shared.engine.clone()).map(Rc::new);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
+        let cluster = cluster.clone();
         monoio::spawn(async move {
             let conn: BufConn<crate::io::DownStream> = BufConn::new(Stream::Plain(tcp));
-            serve_conn(shared, conn, peer).await;
+            serve_conn(shared, cluster, conn, peer).await;
         });
     }
 }
@@ -39,6 +43,7 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
     shared: Arc<Shared>,
+    cluster: Option<Rc<Cluster>>,
     mut conn: BufConn<S>,
     peer: SocketAddr,
 ) {
@@ -68,7 +73,7 @@ async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
             ("GET", "/metrics") => (
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&shared.config, &shared.metrics).into_bytes(),
+                metrics::render(&shared.config, &shared.metrics, shared.engine.mode()).into_bytes(),
             ),
             ("GET", "/healthz") => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             ("GET", "/readyz") => {
@@ -92,7 +97,7 @@ async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
                         change: None,
                     }
                 } else {
-                    admin_api::handle(&shared, method, p, &body)
+                    admin_api::handle(&shared, cluster.as_deref(), method, p, &body).await
                 };
                 if let Some(change) = &answer.change {
                     shared.record_admin_change(change, peer);

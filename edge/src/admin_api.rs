@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::cluster::Cluster;
 use crate::error::{error_body, ErrorKind};
 use crate::http::RequestHead;
 use crate::quota::{Cells, Engine, Limit, Windows, ALL_LIMITS};
@@ -63,8 +64,15 @@ pub fn authorized(shared: &Shared, head: &RequestHead) -> bool {
         == 0
 }
 
-/// Route an `/admin/...` request.
-pub fn handle(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Answer {
+/// Route an `/admin/...` request. In cluster mode balances live in Redis
+/// and `cluster` changes them there.
+pub async fn handle(
+    shared: &Shared,
+    cluster: Option<&Cluster>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Answer {
     let engine = &shared.engine;
     let parts: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, parts.as_slice()) {
@@ -77,7 +85,10 @@ pub fn handle(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Answer 
             None => unknown(name),
         },
         ("POST", ["consumers", name, "balance"]) => match find(engine, name) {
-            Some(c) => set_balance(shared, c, body),
+            Some(c) => match cluster {
+                Some(cluster) => set_shared_balance(shared, cluster, c, body).await,
+                None => set_balance(shared, c, body),
+            },
             None => unknown(name),
         },
         ("POST", ["consumers", name, "reset"]) => match find(engine, name) {
@@ -237,6 +248,69 @@ fn set_balance(shared: &Shared, c: usize, body: &[u8]) -> Answer {
     let mut answer = ok(json!({"name": name, "balance": after, "previous": before}));
     answer.change =
         Some(json!({"action": "balance", "consumer": name, "before": before, "after": after}));
+    answer
+}
+
+/// Cluster mode: the balance is the one in Redis (this node's unspent
+/// lease goes back to it when the lease lapses).
+async fn set_shared_balance(shared: &Shared, cluster: &Cluster, c: usize, body: &[u8]) -> Answer {
+    let config = &shared.config;
+    let name = &config.consumers[c].name;
+    let req: BalanceBody = match parse(body) {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    let Some(start) = config.consumers[c].balance else {
+        return fail(
+            ErrorKind::BadRequest,
+            &format!("consumer '{name}' has no balance; give it `balance = N` in the config first"),
+        );
+    };
+    let key = cluster.balance_key(c);
+    let cmd = match (req.set, req.add) {
+        (Some(v), None) => redis::cmd("SET")
+            .arg(&key)
+            .arg(v)
+            .arg("GET")
+            .get_packed_command(),
+        (None, Some(delta)) => {
+            // A key no node has leased from yet starts at the configured balance.
+            let init = redis::cmd("SET")
+                .arg(&key)
+                .arg(start)
+                .arg("NX")
+                .get_packed_command();
+            if let Err(e) = cluster.command(init).await {
+                return fail(
+                    ErrorKind::Unavailable,
+                    &format!("cluster state unreachable: {e}"),
+                );
+            }
+            redis::cmd("INCRBY")
+                .arg(&key)
+                .arg(delta)
+                .get_packed_command()
+        }
+        _ => {
+            return fail(
+                ErrorKind::BadRequest,
+                "send exactly one of {\"set\": N} or {\"add\": N}",
+            )
+        }
+    };
+    let after = match cluster.command(cmd).await {
+        Ok(redis::Value::Int(v)) => v,
+        Ok(_) => req.set.unwrap_or(0),
+        Err(e) => {
+            return fail(
+                ErrorKind::Unavailable,
+                &format!("cluster state unreachable: {e}"),
+            )
+        }
+    };
+    let mut answer = ok(json!({"name": name, "balance": after, "shared": true}));
+    answer.change =
+        Some(json!({"action": "balance", "consumer": name, "after": after, "shared": true}));
     answer
 }
 

@@ -16,19 +16,70 @@ use std::time::Duration;
 
 use sluice_config::Config;
 
+use crate::cluster::{Cluster, LeaseError};
 use crate::error::{Error, ErrorKind};
 use crate::filter::{Endpoint, Filter, Request, RequestCtx};
-use crate::quota::{Actual, Ask, Engine, Headroom};
+use crate::quota::{Actual, Admit, Ask, Engine, Headroom, Limit, Refusal, Reservation};
 use crate::tokens;
 
 pub struct Admission {
     config: Arc<Config>,
     engine: Arc<Engine>,
+    /// Cluster mode: this core's Redis side.
+    pub cluster: Option<Cluster>,
 }
+
+/// Lease round trips one request may make before it is refused (others
+/// on other nodes keep taking what this node leased).
+const MAX_LEASE_TRIES: usize = 3;
 
 impl Admission {
     pub fn new(config: Arc<Config>, engine: Arc<Engine>) -> Self {
-        Admission { config, engine }
+        let cluster = Cluster::new(config.clone(), engine.clone());
+        Admission {
+            config,
+            engine,
+            cluster,
+        }
+    }
+
+    /// Admit, leasing from Redis first when this node's share ran short.
+    async fn admit(
+        &self,
+        consumer: usize,
+        model: usize,
+        ask: Ask,
+    ) -> Result<Reservation, Result<Refusal, Error>> {
+        for _ in 0..MAX_LEASE_TRIES {
+            match self.engine.admit(consumer, model, ask) {
+                Admit::Admitted(r) => return Ok(r),
+                Admit::Refused(r) => return Err(Ok(r)),
+                Admit::Unavailable => {
+                    return Err(Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "shared quota state (Redis) is unreachable and cluster.on_redis_down = \"closed\"",
+                    )))
+                }
+                Admit::Lease(needs) => {
+                    let Some(cluster) = &self.cluster else {
+                        return Err(Err(Error::new(ErrorKind::Internal, "lease needed without cluster mode")));
+                    };
+                    match cluster.lease(&needs).await {
+                        Ok(()) => {}
+                        Err(LeaseError::Refused(r)) => return Err(Ok(r)),
+                        Err(LeaseError::Down(why)) => {
+                            if self.engine.set_redis_up(false) {
+                                crate::log::error(&format!("cluster: {why}; limits are now {}", self.engine.mode().as_str()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err(Ok(Refusal {
+            limit: Limit::RequestsPerSecond,
+            retry_after_ns: 1_000_000_000,
+        }))
     }
 }
 
@@ -69,7 +120,7 @@ pub fn headroom_headers(h: &Headroom, out: &mut Vec<(&'static str, String)>) {
 }
 
 impl Filter for Admission {
-    fn on_request(&self, ctx: &mut RequestCtx, _req: &mut Request) -> Result<(), Error> {
+    async fn on_request(&self, ctx: &mut RequestCtx, _req: &mut Request) -> Result<(), Error> {
         let (Some(consumer), Some(m)) = (ctx.consumer, ctx.model) else {
             return Ok(());
         };
@@ -98,7 +149,7 @@ impl Filter for Admission {
                 .as_ref()
                 .map_or(0, |p| p.cost_micros(prompt, 0, completion)),
         };
-        let admitted = self.engine.admit(consumer, m, ask);
+        let admitted = self.admit(consumer, m, ask).await;
         headroom_headers(
             &self.engine.headroom(consumer, m),
             &mut ctx.response_headers,
@@ -108,7 +159,8 @@ impl Filter for Admission {
                 ctx.reservation = Some(reservation);
                 Ok(())
             }
-            Err(refusal) => {
+            Err(Err(e)) => Err(e),
+            Err(Ok(refusal)) => {
                 let name = &self.config.consumers[consumer].name;
                 let (kind, message) = if refusal.limit.is_quota() {
                     (

@@ -51,7 +51,7 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 impl Filter for Auth {
-    fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
+    async fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
         let Some(key) = presented_key(&req.head) else {
             return Err(Error::new(
                 ErrorKind::Unauthorized,

@@ -61,6 +61,8 @@ pub enum ErrorKind {
     RateLimited,
     /// The consumer's token balance or currency budget is spent.
     InsufficientQuota,
+    /// Shared state this request needs is unreachable (fail-closed).
+    Unavailable,
     /// The node is draining and takes no new requests.
     ShuttingDown,
     /// A fault of sluice's own.
@@ -98,6 +100,7 @@ impl ErrorKind {
             ClientAbort => (499, "invalid_request_error", "client_closed_request"),
             RateLimited => (429, "rate_limit_exceeded", "rate_limit_exceeded"),
             InsufficientQuota => (429, "insufficient_quota", "insufficient_quota"),
+            Unavailable => (503, "server_error", "quota_state_unavailable"),
             ShuttingDown => (503, "server_error", "shutting_down"),
             Internal => (500, "server_error", "internal_error"),
         };
@@ -130,6 +133,7 @@ impl ErrorKind {
             ClientAbort => "client_abort",
             RateLimited => "rate_limited",
             InsufficientQuota => "insufficient_quota",
+            Unavailable => "unavailable",
             ShuttingDown => "shutting_down",
             Internal => "internal",
         }
@@ -140,7 +144,7 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             UpstreamConnect | UpstreamTimeout | UpstreamProtocol | UpstreamStatus => Side::Upstream,
-            ShuttingDown | Internal => Side::Internal,
+            ShuttingDown | Internal | Unavailable => Side::Internal,
             _ => Side::Downstream,
         }
     }

@@ -207,12 +207,14 @@ pub enum Verdict {
     Drop,
 }
 
-/// One stage of the policy chain.
+/// One stage of the policy chain. Futures are not `Send`: everything a
+/// stage touches lives on one core, so no `Send` bound is wanted.
+#[allow(async_fn_in_trait)]
 pub trait Filter {
     /// Runs once the request head and body are read, before anything goes
     /// upstream. `Err` answers the client at once with that error; the later
     /// stages' `on_request` do not run, every stage's `on_done` still does.
-    fn on_request(&self, _ctx: &mut RequestCtx, _req: &mut Request) -> Result<(), Error> {
+    async fn on_request(&self, _ctx: &mut RequestCtx, _req: &mut Request) -> Result<(), Error> {
         Ok(())
     }
 
@@ -246,11 +248,11 @@ impl Chain {
         }
     }
 
-    pub fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
-        self.auth.on_request(ctx, req)?;
-        self.route.on_request(ctx, req)?;
-        self.admission.on_request(ctx, req)?;
-        self.accounting.on_request(ctx, req)
+    pub async fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
+        self.auth.on_request(ctx, req).await?;
+        self.route.on_request(ctx, req).await?;
+        self.admission.on_request(ctx, req).await?;
+        self.accounting.on_request(ctx, req).await
     }
 
     pub fn on_event(&self, ctx: &mut RequestCtx, data: &[u8]) -> Verdict {

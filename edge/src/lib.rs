@@ -13,6 +13,7 @@ pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod cluster;
 pub mod conn;
 pub mod error;
 pub mod filter;

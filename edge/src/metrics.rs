@@ -185,7 +185,7 @@ fn escape(v: &str) -> String {
 }
 
 /// Render every core's metrics, merged, in Prometheus text format.
-pub fn render(config: &Config, cores: &[Arc<CoreMetrics>]) -> String {
+pub fn render(config: &Config, cores: &[Arc<CoreMetrics>], mode: crate::quota::Mode) -> String {
     let mut total = Inner::new();
     let (mut conns, mut streams, mut accepted) = (0i64, 0i64, 0u64);
     for core in cores {
@@ -285,6 +285,9 @@ pub fn render(config: &Config, cores: &[Arc<CoreMetrics>]) -> String {
         total.latency_sum_us,
     );
     histogram(&mut out, "sluice_time_to_first_byte_seconds", "Time from request head received to the first response byte sent (first event for streams).", &total.ttft_us, total.ttft_sum_us);
+    let _ = writeln!(out, "# HELP sluice_quota_mode How limits are enforced: 0 standalone, 1 cluster (Redis up), 2 local-only (Redis down, fail-open), 3 closed (Redis down, fail-closed).");
+    let _ = writeln!(out, "# TYPE sluice_quota_mode gauge");
+    let _ = writeln!(out, "sluice_quota_mode {}", mode as u8);
     let _ = writeln!(
         out,
         "# HELP sluice_open_connections Downstream connections open now."

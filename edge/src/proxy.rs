@@ -38,7 +38,7 @@ where
     S: AsyncReadRent + AsyncWriteRent,
 {
     // 1. Policy chain: may answer early (401, 403, 404, 400).
-    if let Err(e) = core.chain.on_request(ctx, &mut req) {
+    if let Err(e) = core.chain.on_request(ctx, &mut req).await {
         return respond_error(down, ctx, &e, keep_alive).await;
     }
     if ctx.endpoint == Some(Endpoint::Models) {

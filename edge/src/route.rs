@@ -27,7 +27,7 @@ impl Route {
 }
 
 impl Filter for Route {
-    fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
+    async fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
         if ctx.endpoint == Some(Endpoint::Models) || ctx.endpoint.is_none() {
             return Ok(());
         }

@@ -194,10 +194,19 @@ fn worker_main(
                 )));
             }
             monoio::spawn(worker::audit_flusher(core.clone()));
+            if id == 0 {
+                monoio::spawn(worker::cluster_upkeep(core.clone()));
+            }
             for task in accepting {
                 task.await;
             }
             worker::drain(&core).await;
+            if let (0, Some(cluster)) = (id, &core.chain.admission.cluster) {
+                // What this node still holds goes back to the cluster.
+                if let Err(e) = cluster.give_back(true).await {
+                    log::warn(&format!("cluster: leases not handed back at shutdown: {e}"));
+                }
+            }
         }
     });
     drop(rt);

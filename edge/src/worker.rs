@@ -23,6 +23,7 @@ use crate::filter::{Chain, RequestCtx};
 use crate::http::RequestHead;
 use crate::io::{DownStream, PeerWatch, Stream};
 use crate::metrics::CoreMetrics;
+use crate::quota::Mode;
 use crate::server::Shared;
 use crate::upstream::Upstream;
 use std::os::fd::AsRawFd;
@@ -176,6 +177,41 @@ pub async fn drain(core: &Core) {
     let deadline = Instant::now() + core.config.workers.drain_timeout;
     while core.in_flight.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Cluster mode, core 0: hand lapsed leases back to Redis; while Redis is
+/// unreachable, ping it every second and switch back when it answers.
+pub async fn cluster_upkeep(core: Rc<Core>) {
+    let Some(cluster) = &core.chain.admission.cluster else {
+        return;
+    };
+    let engine = &core.shared.engine;
+    let ttl = core
+        .config
+        .cluster
+        .as_ref()
+        .map_or(Duration::from_secs(2), |c| c.lease_ttl);
+    let period = (ttl / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        monoio::time::sleep(period).await;
+        match engine.mode() {
+            Mode::LocalOnly | Mode::Closed => {
+                if cluster.ping().await && engine.set_redis_up(true) {
+                    crate::log::info("cluster: Redis answers again; limits are shared again");
+                }
+            }
+            _ => {
+                if let Err(e) = cluster.give_back(false).await {
+                    if engine.set_redis_up(false) {
+                        crate::log::error(&format!(
+                            "cluster: {e}; limits are now {}",
+                            engine.mode().as_str()
+                        ));
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -168,10 +168,14 @@ impl Conn {
     }
 
     /// Reads what the socket has, handing each piece to `on_data` until it
-    /// breaks, the socket is drained or the peer closed.
+    /// breaks, the socket is drained or the peer closed. `closed` says the
+    /// event reported the peer's FIN: then the end of stream is already
+    /// queued behind the data and no further edge will announce it, so
+    /// reading goes on until it is seen.
     pub(crate) fn read(
         &mut self,
         scratch: &mut [u8],
+        closed: bool,
         mut on_data: impl FnMut(&[u8]) -> ControlFlow<()>,
     ) -> io::Result<ReadEnd> {
         let Some(tls) = &mut self.tls else {

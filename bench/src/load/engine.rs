@@ -312,9 +312,10 @@ impl<'a> Engine<'a> {
                     self.armed = None;
                     continue;
                 }
-                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                let closed = ev.is_read_closed() || ev.is_error();
+                let readable = ev.is_readable() || closed;
                 let writable = ev.is_writable() || ev.is_error();
-                self.on_ready(ev.token().0, readable, writable);
+                self.on_ready(ev.token().0, readable, writable, closed);
             }
         }
         for i in 0..self.slots.len() {
@@ -419,7 +420,8 @@ impl<'a> Engine<'a> {
                         more = false;
                         break;
                     }
-                    let due = self.start + *offset + Duration::from_secs_f64(*scheduled as f64 / *rate);
+                    let due =
+                        self.start + *offset + Duration::from_secs_f64(*scheduled as f64 / *rate);
                     if due >= self.end {
                         more = false;
                         break;
@@ -530,11 +532,15 @@ impl<'a> Engine<'a> {
                 self.busy += 1;
             }
             Err(_) => {
-                // No socket: count the request as failed right away.
+                // No socket (out of descriptors or ports): the request
+                // failed. The closed loop retries after a pause; the open
+                // loop's dispatch goes on with the next due request.
                 self.free.push(i);
                 let ex = Exchange::new(start, measured);
                 self.record(&ex, now, Some("connect"));
-                self.after_loss(false, true, now);
+                if let Mode::Closed { reopen, .. } = &mut self.mode {
+                    reopen.push_back(now + RECONNECT_BACKOFF);
+                }
             }
         }
     }
@@ -566,7 +572,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn on_ready(&mut self, i: usize, readable: bool, writable: bool) {
+    fn on_ready(&mut self, i: usize, readable: bool, writable: bool, closed: bool) {
         let now = Instant::now();
         let Some(slot) = self.slots.get_mut(i).and_then(Option::as_mut) else {
             return;
@@ -593,11 +599,11 @@ impl<'a> Engine<'a> {
             return;
         }
         if readable {
-            self.read(i, now);
+            self.read(i, now, closed);
         }
     }
 
-    fn read(&mut self, i: usize, now: Instant) {
+    fn read(&mut self, i: usize, now: Instant, closed: bool) {
         let Some(slot) = self.slots[i].as_mut() else {
             return;
         };
@@ -611,7 +617,7 @@ impl<'a> Engine<'a> {
         let gap = &mut self.rec.gap;
         let mut parsed: Option<Result<(), &'static str>> = None;
         let mut unsolicited = false;
-        let res = conn.read(&mut self.scratch, |data| {
+        let res = conn.read(&mut self.scratch, closed, |data| {
             let Some(ex) = ex.as_mut() else {
                 unsolicited = true;
                 return ControlFlow::Break(());
@@ -640,7 +646,10 @@ impl<'a> Engine<'a> {
         });
         // Idle phase: a stream is open once its successful head is in.
         if let Some(ex) = slot.ex.as_mut() {
-            if !ex.opened && matches!(self.mode, Mode::Idle { .. }) && (200..300).contains(&ex.status) {
+            if !ex.opened
+                && matches!(self.mode, Mode::Idle { .. })
+                && (200..300).contains(&ex.status)
+            {
                 ex.opened = true;
                 if let Some(fb) = ex.first_byte {
                     self.rec.ttfb.saturating_record(ns(fb - ex.start));
@@ -740,7 +749,7 @@ impl<'a> Engine<'a> {
                 } else {
                     self.rec.idle.failed += 1;
                     *opening = opening.saturating_sub(1);
-                    *self.rec.errors.entry(reason.to_owned()).or_default() += 1;
+                    self.rec.fail(reason);
                 }
             } else {
                 self.record(&ex, now, Some(reason));
@@ -868,14 +877,18 @@ impl<'a> Engine<'a> {
                 let span = (last - first).as_secs_f64();
                 if ex.events >= 2 && span > 0.0 {
                     rec.stream_rate
-                        .saturating_record((ex.events - 1) as u64 * 0 + ((ex.events as f64) / span) as u64);
+                        .saturating_record(((ex.events - 1) as f64 / span) as u64);
                 }
             }
             if success {
                 let ch = &mut rec.checks;
                 ch.streams += 1;
                 let failures = [
-                    (!ex.event_stream, &mut ch.not_event_stream, "not_event_stream"),
+                    (
+                        !ex.event_stream,
+                        &mut ch.not_event_stream,
+                        "not_event_stream",
+                    ),
                     (ex.seen.error, &mut ch.error_event, "error_event"),
                     (!ex.seen.done, &mut ch.missing_done, "missing_done"),
                     (

@@ -292,7 +292,11 @@ impl ResponseParser {
 /// Advances the chunked decoder over `input`; returns the bytes used and
 /// the next state (RFC 9112 §7.1: `size [; ext] CRLF data CRLF`, a zero
 /// size ends the data, then trailer lines and an empty line).
-fn chunked(mut chunk: Chunk, input: &[u8], sink: &mut impl Sink) -> Result<(usize, State), WireError> {
+fn chunked(
+    mut chunk: Chunk,
+    input: &[u8],
+    sink: &mut impl Sink,
+) -> Result<(usize, State), WireError> {
     let mut i = 0;
     while i < input.len() {
         match chunk {
@@ -501,8 +505,14 @@ fn has_value(finder: &memmem::Finder<'_>, data: &[u8], open: u8, nonempty_string
             if !nonempty_string {
                 return true;
             }
-            let quote = data[after..].iter().position(|b| *b == b'"').map(|q| after + q);
-            if quote.and_then(|q| data.get(q + 1)).is_some_and(|b| *b != b'"') {
+            let quote = data[after..]
+                .iter()
+                .position(|b| *b == b'"')
+                .map(|q| after + q);
+            if quote
+                .and_then(|q| data.get(q + 1))
+                .is_some_and(|b| *b != b'"')
+            {
                 return true;
             }
         }
@@ -512,7 +522,9 @@ fn has_value(finder: &memmem::Finder<'_>, data: &[u8], open: u8, nonempty_string
 }
 
 impl Classifier {
-    pub fn classify(&self, name: &[u8], data: &[u8]) -> Seen {
+    /// What event `name`/`data` carries; `want_token` false skips the
+    /// search for generated text (once a stream has its first token).
+    pub fn classify(&self, name: &[u8], data: &[u8], want_token: bool) -> Seen {
         if data == b"[DONE]" {
             return Seen {
                 done: true,
@@ -523,8 +535,9 @@ impl Classifier {
             done: false,
             usage: has_value(&self.usage, data, b'{', false),
             error: name == b"error" || has_value(&self.error, data, b'{', false),
-            token: has_value(&self.content, data, b'"', true)
-                || has_value(&self.text, data, b'"', true),
+            token: want_token
+                && (has_value(&self.content, data, b'"', true)
+                    || has_value(&self.text, data, b'"', true)),
         }
     }
 }
@@ -554,7 +567,8 @@ mod tests {
         let mut p = ResponseParser::default();
         let mut got = Got::default();
         let mut res = p.feed(&raw[..at], &mut got);
-        if res == Ok(Progress::NeedMore) {
+        // After Done, more bytes are fed too: they must be refused.
+        if res == Ok(Progress::NeedMore) || (res == Ok(Progress::Done) && at < raw.len()) {
             res = p.feed(&raw[at..], &mut got);
         }
         if eof && res == Ok(Progress::NeedMore) {
@@ -575,8 +589,15 @@ mod tests {
     fn responses_split_at_every_byte() {
         let sse = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\
                    transfer-encoding: chunked\r\n\r\n\
-                   e\r\ndata: {\"a\":1}\n\n\r\n3;ext=1\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n";
-        let table: [(&str, &str, bool, Result<Progress, WireError>, Vec<Head>, &str); 9] = [
+                   f\r\ndata: {\"a\":1}\n\n\r\n3;ext=1\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n";
+        let table: [(
+            &str,
+            &str,
+            bool,
+            Result<Progress, WireError>,
+            Vec<Head>,
+            &str,
+        ); 9] = [
             (
                 "length",
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
@@ -655,7 +676,11 @@ mod tests {
                 let (got, res) = parse_split(raw.as_bytes(), at, eof);
                 assert_eq!(res, want, "{what}, split at {at}");
                 assert_eq!(got.heads, heads, "{what}, split at {at}");
-                assert_eq!(String::from_utf8_lossy(&got.body), body, "{what}, split at {at}");
+                assert_eq!(
+                    String::from_utf8_lossy(&got.body),
+                    body,
+                    "{what}, split at {at}"
+                );
             }
         }
     }
@@ -667,7 +692,10 @@ mod tests {
         assert!(matches!(res, Err(WireError::BadHead(_))), "{res:?}");
         let mut p = ResponseParser::default();
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD + 1));
-        assert_eq!(p.feed(huge.as_bytes(), &mut Got::default()), Err(WireError::HeadTooLarge));
+        assert_eq!(
+            p.feed(huge.as_bytes(), &mut Got::default()),
+            Err(WireError::HeadTooLarge)
+        );
     }
 
     #[test]
@@ -699,7 +727,8 @@ mod tests {
 
     #[test]
     fn sse_events_split_at_every_byte() {
-        let raw: &[u8] = b": comment\n\ndata: one\n\nevent: error\r\ndata: {\"x\":1}\r\ndata:two\r\n\r\n\
+        let raw: &[u8] =
+            b": comment\n\ndata: one\n\nevent: error\r\ndata: {\"x\":1}\r\ndata:two\r\n\r\n\
                            id: 3\nretry: 5\n\ndata\n\ndata: [DONE]\n\n";
         let want = vec![
             (String::new(), "one".to_owned()),
@@ -726,18 +755,58 @@ mod tests {
         };
         let table: [(&str, &str, Seen); 10] = [
             ("", "[DONE]", seen(true, false, false, false)),
-            ("", r#"{"choices":[{"delta":{"role":"assistant","content":""}}],"usage":null}"#, seen(false, false, false, false)),
-            ("", r#"{"choices":[{"delta":{"content":"Hi"}}]}"#, seen(false, false, false, true)),
-            ("", r#"{"choices":[{"delta":{"content": "Hi"}}]}"#, seen(false, false, false, true)),
-            ("", r#"{"choices":[{"text":"x","finish_reason":null}]}"#, seen(false, false, false, true)),
-            ("", r#"{"choices":[],"usage":{"prompt_tokens":3}}"#, seen(false, true, false, false)),
-            ("", r#"{"error":{"message":"boom"}}"#, seen(false, false, true, false)),
-            ("error", r#"{"message":"boom"}"#, seen(false, false, true, false)),
-            ("", r#"{"choices":[{"delta":{"content":"say \"error\":{ and \"usage\":{"}}]}"#, seen(false, false, false, true)),
-            ("", r#"{"choices":[{"delta":{"content":null}}],"error":null}"#, seen(false, false, false, false)),
+            (
+                "",
+                r#"{"choices":[{"delta":{"role":"assistant","content":""}}],"usage":null}"#,
+                seen(false, false, false, false),
+            ),
+            (
+                "",
+                r#"{"choices":[{"delta":{"content":"Hi"}}]}"#,
+                seen(false, false, false, true),
+            ),
+            (
+                "",
+                r#"{"choices":[{"delta":{"content": "Hi"}}]}"#,
+                seen(false, false, false, true),
+            ),
+            (
+                "",
+                r#"{"choices":[{"text":"x","finish_reason":null}]}"#,
+                seen(false, false, false, true),
+            ),
+            (
+                "",
+                r#"{"choices":[],"usage":{"prompt_tokens":3}}"#,
+                seen(false, true, false, false),
+            ),
+            (
+                "",
+                r#"{"error":{"message":"boom"}}"#,
+                seen(false, false, true, false),
+            ),
+            (
+                "error",
+                r#"{"message":"boom"}"#,
+                seen(false, false, true, false),
+            ),
+            (
+                "",
+                r#"{"choices":[{"delta":{"content":"say \"error\":{ and \"usage\":{"}}]}"#,
+                seen(false, false, false, true),
+            ),
+            (
+                "",
+                r#"{"choices":[{"delta":{"content":null}}],"error":null}"#,
+                seen(false, false, false, false),
+            ),
         ];
         for (name, data, want) in table {
-            assert_eq!(c.classify(name.as_bytes(), data.as_bytes()), want, "{name} {data}");
+            assert_eq!(
+                c.classify(name.as_bytes(), data.as_bytes(), true),
+                want,
+                "{name} {data}"
+            );
         }
     }
 }

@@ -1,23 +1,29 @@
-//! The mock LLM upstream: an OpenAI-compatible server with scripted faults.
+//! The mock LLM upstream: an OpenAI- and Anthropic-compatible server with
+//! scripted faults.
 //!
 //! sluice's end-to-end tests and benchmarks put this where a provider would
 //! be. [`spawn`] starts N thread-per-core monoio workers sharing one port
 //! (SO_REUSEPORT) and returns once they listen; the threads live until the
 //! process exits. Requests come in as HTTP/1.1 (optionally TLS), answers go
-//! out in the real OpenAI wire format, SSE included, with deterministic
-//! content and token usage (see [`chat_content`], [`prompt_tokens_chat`]).
+//! out in the real OpenAI wire format (or Anthropic's, at `POST
+//! /v1/messages`), SSE included, with deterministic content and token usage
+//! (see [`chat_content`], [`prompt_tokens_chat`], [`prompt_tokens_messages`]).
 //! Each request may script delays, error statuses, stalls and disconnects
-//! with `x-mock-*` headers ([`Script`]); [`MockStats`] records what happened,
+//! with `x-mock-*` headers ([`Script`], plus [`TOOL_CALL_HEADER`] for a tool
+//! call answer); [`MockStats`] records what happened,
 //! readable from the test thread or over HTTP at `GET /mock/stats`.
 //!
 //! Layout: `http` (framing, sans-IO) → `script` (per-request behaviour) →
 //! `reply` (what to answer, rendered) → `server` (sockets, timing, faults).
 
+mod anthropic;
 mod http;
+mod plan;
 mod reply;
 mod script;
 mod server;
 mod tokens;
+mod tools;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,12 +31,14 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
+pub use anthropic::prompt_tokens_messages;
 pub use reply::MODELS;
 pub use script::{header, Script};
 pub use tokens::{
     chat_content, count_tokens, count_with, encoding_for, input_tokens, prompt_tokens_chat,
     Encoding, WORDS,
 };
+pub use tools::{TOOL_ARGUMENTS, TOOL_CALL_HEADER};
 
 /// Where and how the mock listens.
 #[derive(Clone, Debug)]
@@ -42,9 +50,11 @@ pub struct MockConfig {
     /// Serve TLS with this config instead of plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// When set, every request except `/mock/stats` must carry
-    /// `Authorization: Bearer <key>`, else 401.
+    /// `Authorization: Bearer <key>` (`x-api-key: <key>` at `/v1/messages`),
+    /// else 401.
     pub api_key: Option<String>,
-    /// Reserved for the Anthropic wire format; ignored.
+    /// Reserved; ignored (`POST /v1/messages` always speaks Anthropic's
+    /// wire format).
     pub anthropic: bool,
 }
 

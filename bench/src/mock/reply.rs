@@ -17,6 +17,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::http::Head;
+use super::plan::EventPlan;
 use super::script::Script;
 use super::tokens::{self, WORDS};
 
@@ -69,6 +70,9 @@ pub(crate) struct Ctx<'a> {
 
 /// Decides the script and reply for one request.
 pub(crate) fn respond(head: &Head, body: &[u8], defaults: &Script, ctx: &Ctx) -> (Script, Reply) {
+    if head.path() == super::anthropic::PATH {
+        return super::anthropic::respond(head, body, defaults, ctx);
+    }
     let script = match defaults.for_request(head) {
         Ok(s) => s,
         Err(msg) => return (defaults.clone(), error(400, &msg, None)),
@@ -138,9 +142,9 @@ fn route(head: &Head, body: &[u8], script: &Script, ctx: &Ctx) -> Reply {
         return error(400, "you must provide a model parameter", None);
     };
     match endpoint {
-        Endpoint::Chat | Endpoint::Completions => {
-            completion(endpoint, model, &request, script, ctx)
-        }
+        Endpoint::Chat => super::tools::openai_tool_call(head, model, &request, script, ctx)
+            .unwrap_or_else(|| completion(endpoint, model, &request, script, ctx)),
+        Endpoint::Completions => completion(endpoint, model, &request, script, ctx),
         _ => embeddings(model, &request),
     }
 }
@@ -266,14 +270,14 @@ fn completion(endpoint: Endpoint, model: &str, req: &Value, script: &Script, ctx
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        return Reply::Stream(StreamPlan::new(
+        return Reply::Stream(StreamPlan::Chat(ChatPlan::new(
             chat,
             head,
             chunks,
             finish,
             include_usage,
             usage,
-        ));
+        )));
     }
     let text = tokens::chat_content(chunks);
     let mut body = head;
@@ -299,10 +303,54 @@ fn completion(endpoint: Endpoint, model: &str, req: &Value, script: &Script, ctx
     }
 }
 
+/// A streamed reply, in whichever wire shape the request called for.
+#[derive(Debug)]
+pub(crate) enum StreamPlan {
+    /// OpenAI chat / completions text chunks.
+    Chat(ChatPlan),
+    /// Anthropic Messages events, or a tool call in either shape.
+    Events(EventPlan),
+}
+
+impl StreamPlan {
+    /// Content items between the opening and closing events; the scripted
+    /// faults count these.
+    pub(crate) fn chunks(&self) -> usize {
+        match self {
+            StreamPlan::Chat(p) => p.chunks,
+            StreamPlan::Events(p) => p.chunks(),
+        }
+    }
+
+    /// The events before the first content item.
+    pub(crate) fn push_role(&self, out: &mut Vec<u8>) {
+        match self {
+            StreamPlan::Chat(p) => p.push_role(out),
+            StreamPlan::Events(p) => p.push_start(out),
+        }
+    }
+
+    /// Content item `i`.
+    pub(crate) fn push_content(&self, i: usize, out: &mut Vec<u8>) {
+        match self {
+            StreamPlan::Chat(p) => p.push_content(i, out),
+            StreamPlan::Events(p) => p.push_item(i, out),
+        }
+    }
+
+    /// The closing events and the last-chunk.
+    pub(crate) fn push_end(&self, out: &mut Vec<u8>) {
+        match self {
+            StreamPlan::Chat(p) => p.push_end(out),
+            StreamPlan::Events(p) => p.push_end(out),
+        }
+    }
+}
+
 /// The events of one streamed completion, rendered piece by piece into a
 /// write buffer. Every event is `data: <json>\n\n` framed as one HTTP chunk.
 #[derive(Debug)]
-pub(crate) struct StreamPlan {
+pub(crate) struct ChatPlan {
     chat: bool,
     /// The chunk object up to the choice payload:
     /// `{"id":…,"choices":[{"index":0,"delta":` (chat) or `…"text":`.
@@ -318,7 +366,7 @@ pub(crate) struct StreamPlan {
     pub(crate) chunks: usize,
 }
 
-impl StreamPlan {
+impl ChatPlan {
     fn new(
         chat: bool,
         head: String,
@@ -656,7 +704,7 @@ mod tests {
     fn events(plan: &StreamPlan) -> Vec<String> {
         let mut out = Vec::new();
         plan.push_role(&mut out);
-        for i in 0..plan.chunks {
+        for i in 0..plan.chunks() {
             plan.push_content(i, &mut out);
         }
         plan.push_end(&mut out);

@@ -494,7 +494,7 @@ impl Conn {
         plan.push_role(&mut self.wbuf);
         // Faults apply once `i` content chunks are out, up to and including
         // all of them (then before the finish chunk).
-        for i in 0..=plan.chunks {
+        for i in 0..=plan.chunks() {
             if script.stall_after == Some(i) {
                 if self.flush().await.is_ok() {
                     self.until_closed().await;
@@ -507,7 +507,7 @@ impl Conn {
                     Err(_) => End::Aborted,
                 };
             }
-            if i == plan.chunks {
+            if i == plan.chunks() {
                 break;
             }
             if script.gap_ms > 0 {

@@ -378,3 +378,75 @@ mod tests {
         assert_eq!(b.spent(7), 0);
     }
 }
+
+/// This node's share of a cluster-wide limit: units leased from Redis and
+/// not yet spent, and when the lease lapses (its remainder then goes back).
+/// The allowance may go below zero when a request used more than it
+/// reserved; the next lease covers that debt first.
+#[derive(Debug, Default)]
+pub struct Lease {
+    allowance: AtomicI64,
+    expires_ns: AtomicU64,
+}
+
+impl Lease {
+    /// Spend `units` from the allowance, if it holds that many.
+    pub fn take(&self, units: u64) -> bool {
+        let units = units.min(i64::MAX as u64) as i64;
+        self.allowance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a >= units).then(|| a - units)
+            })
+            .is_ok()
+    }
+
+    /// Units missing for a take of `units` now.
+    pub fn shortfall(&self, units: u64) -> u64 {
+        (units as i64)
+            .saturating_sub(self.allowance.load(Ordering::Acquire))
+            .max(0) as u64
+    }
+
+    /// Adjust the allowance (refunds are positive, extra use negative).
+    pub fn adjust(&self, delta: i64) {
+        self.allowance.fetch_add(delta, Ordering::AcqRel);
+    }
+
+    /// Add units granted by Redis, valid until `expires_ns`.
+    pub fn credit(&self, units: u64, expires_ns: u64) {
+        self.allowance
+            .fetch_add(units.min(i64::MAX as u64) as i64, Ordering::AcqRel);
+        self.expires_ns.fetch_max(expires_ns, Ordering::AcqRel);
+    }
+
+    pub fn allowance(&self) -> i64 {
+        self.allowance.load(Ordering::Acquire)
+    }
+
+    /// If the lease lapsed with units left, take them all (to hand back).
+    pub fn reclaim(&self, now: u64) -> u64 {
+        if self.expires_ns.load(Ordering::Acquire) > now {
+            return 0;
+        }
+        match self
+            .allowance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a > 0).then_some(0)
+            }) {
+            Ok(left) => left as u64,
+            Err(_) => 0,
+        }
+    }
+
+    /// Take whatever is left, lapsed or not (shutdown).
+    pub fn reclaim_all(&self) -> u64 {
+        match self
+            .allowance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a > 0).then_some(0)
+            }) {
+            Ok(left) => left as u64,
+            Err(_) => 0,
+        }
+    }
+}

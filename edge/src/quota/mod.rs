@@ -21,7 +21,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_config::{Config, LimitSet};
 
-pub use cell::{Balance, Budget, Concurrency, Rate, Refused};
+pub use cell::{Balance, Budget, Concurrency, Lease, Rate, Refused};
 
 const SEC: u64 = 1_000_000_000;
 
@@ -91,6 +91,52 @@ pub struct Cells {
     pub tpd: Option<Rate>,
     pub budget_day: Option<Budget>,
     pub budget_month: Option<Budget>,
+    /// Cluster mode: this node's lease for each rate and budget above.
+    pub leases: [Lease; 7],
+}
+
+/// The limits that are leased in cluster mode, in `Cells::leases` order.
+pub const LEASED: [Limit; 7] = [
+    Limit::RequestsPerSecond,
+    Limit::RequestsPerMinute,
+    Limit::TokensPerMinute,
+    Limit::TokensPerHour,
+    Limit::TokensPerDay,
+    Limit::BudgetPerDay,
+    Limit::BudgetPerMonth,
+];
+
+/// How admission runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// One node: every limit is this node's own.
+    Standalone = 0,
+    /// Cluster with Redis reachable: limits are spent from leases.
+    Cluster = 1,
+    /// Cluster, Redis unreachable, fail-open: each node enforces the limits alone.
+    LocalOnly = 2,
+    /// Cluster, Redis unreachable, fail-closed: refuse.
+    Closed = 3,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::Cluster => "cluster",
+            Mode::LocalOnly => "local-only (fail-open)",
+            Mode::Closed => "closed (fail-closed)",
+        }
+    }
+}
+
+/// Outcome of one cell set's take.
+enum Take {
+    Done,
+    Refused(Refusal),
+    /// Cluster mode: these leases hold too little (limit, units missing).
+    Short(Vec<(Limit, u64)>),
 }
 
 impl Cells {
@@ -108,6 +154,94 @@ impl Cells {
             tpd: rate(limits.tokens_per_day, 86400 * SEC),
             budget_day: limits.budget_per_day_micros.map(|n| Budget::new(n.get())),
             budget_month: limits.budget_per_month_micros.map(|n| Budget::new(n.get())),
+            leases: Default::default(),
+        }
+    }
+
+    /// This node's lease of a limit (cluster mode).
+    pub fn lease(&self, limit: Limit) -> Option<&Lease> {
+        LEASED
+            .iter()
+            .position(|l| *l == limit)
+            .map(|i| &self.leases[i])
+    }
+
+    /// The size of a limit, for lease sizing: units per window, or budget micros.
+    pub fn size(&self, limit: Limit) -> Option<u64> {
+        match limit {
+            Limit::BudgetPerDay => self.budget_day.as_ref().map(Budget::limit_micros),
+            Limit::BudgetPerMonth => self.budget_month.as_ref().map(Budget::limit_micros),
+            l => self.rate(l).map(Rate::limit),
+        }
+    }
+
+    /// Every limit this set holds with the units `ask` takes from it.
+    fn demands(&self, ask: &Ask) -> impl Iterator<Item = (Limit, u64)> + '_ {
+        let ask = *ask;
+        LEASED.into_iter().filter_map(move |l| {
+            let units = match l {
+                Limit::RequestsPerSecond | Limit::RequestsPerMinute => 1,
+                Limit::BudgetPerDay | Limit::BudgetPerMonth => ask.cost_micros,
+                _ => ask.tokens,
+            };
+            self.size(l).map(|_| (l, units))
+        })
+    }
+
+    /// Cluster mode: take `ask` from this node's leases, or from none.
+    fn take_leased(&self, ask: &Ask) -> Take {
+        if let Some(c) = &self.concurrent {
+            if !c.enter() {
+                return Take::Refused(Refusal {
+                    limit: Limit::ConcurrentRequests,
+                    retry_after_ns: SEC,
+                });
+            }
+        }
+        let mut taken: Vec<(&Lease, u64)> = Vec::new();
+        let mut short = Vec::new();
+        for (limit, units) in self.demands(ask) {
+            let Some(lease) = self.lease(limit) else {
+                continue;
+            };
+            if lease.take(units) {
+                taken.push((lease, units));
+            } else {
+                short.push((limit, lease.shortfall(units)));
+            }
+        }
+        if short.is_empty() {
+            return Take::Done;
+        }
+        for (lease, units) in taken {
+            lease.adjust(units as i64);
+        }
+        if let Some(c) = &self.concurrent {
+            c.leave();
+        }
+        Take::Short(short)
+    }
+
+    /// Cluster mode: settle (or, with a zero `actual` and `requests`, undo) a leased take.
+    fn settle_leased(&self, ask: &Ask, actual: &Actual, undo_requests: bool) {
+        if let Some(c) = &self.concurrent {
+            c.leave();
+        }
+        let used = Ask {
+            tokens: actual.tokens,
+            balance_tokens: actual.balance_tokens,
+            cost_micros: actual.cost_micros,
+        };
+        let asked: Vec<(Limit, u64)> = self.demands(ask).collect();
+        for ((limit, reserved), (_, spent)) in asked.into_iter().zip(self.demands(&used)) {
+            let is_request = matches!(limit, Limit::RequestsPerSecond | Limit::RequestsPerMinute);
+            if is_request && !undo_requests {
+                continue;
+            }
+            let spent = if is_request { 0 } else { spent };
+            if let Some(lease) = self.lease(limit) {
+                lease.adjust(reserved as i64 - spent as i64);
+            }
         }
     }
 
@@ -273,6 +407,8 @@ pub struct Usage {
 pub struct ConsumerQuota {
     pub cells: Cells,
     pub balance: Option<Balance>,
+    /// Cluster mode: this node's lease of the shared balance.
+    pub balance_lease: Lease,
     /// Per model index: that consumer × model's own cells, if any.
     pub per_model: Vec<Option<Cells>>,
     /// Per model index: usage totals.
@@ -317,6 +453,30 @@ pub struct Reservation {
     model: usize,
     ask: Ask,
     windows: Windows,
+    /// Taken from cluster leases rather than the local cells.
+    leased: bool,
+}
+
+/// Cluster mode: a lease this node must get from Redis before admitting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    pub consumer: usize,
+    /// `Some` for a consumer × model limit.
+    pub model: Option<usize>,
+    pub limit: Limit,
+    /// Units missing right now.
+    pub units: u64,
+}
+
+/// What `Engine::admit` decided.
+#[derive(Debug)]
+pub enum Admit {
+    Admitted(Reservation),
+    Refused(Refusal),
+    /// Cluster mode: get these leases, credit them, and ask again.
+    Lease(Vec<Need>),
+    /// Cluster mode, fail-closed, Redis unreachable.
+    Unavailable,
 }
 
 impl Reservation {
@@ -390,6 +550,7 @@ pub struct Engine {
     config: Arc<Config>,
     epoch: Instant,
     pub consumers: Vec<ConsumerQuota>,
+    mode: std::sync::atomic::AtomicU8,
 }
 
 impl Engine {
@@ -408,15 +569,69 @@ impl Engine {
                 ConsumerQuota {
                     cells: Cells::new(&c.limits),
                     balance: c.balance.map(Balance::new),
+                    balance_lease: Lease::default(),
                     per_model,
                     usage: (0..models).map(|_| Usage::default()).collect(),
                 }
             })
             .collect();
+        let mode = if config.cluster.is_some() {
+            Mode::Cluster
+        } else {
+            Mode::Standalone
+        };
         Engine {
             config,
             epoch: Instant::now(),
             consumers,
+            mode: std::sync::atomic::AtomicU8::new(mode as u8),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Acquire) {
+            1 => Mode::Cluster,
+            2 => Mode::LocalOnly,
+            3 => Mode::Closed,
+            _ => Mode::Standalone,
+        }
+    }
+
+    /// Cluster mode: Redis became unreachable (or reachable again).
+    /// Returns whether the mode changed.
+    pub fn set_redis_up(&self, up: bool) -> bool {
+        let Some(cluster) = &self.config.cluster else {
+            return false;
+        };
+        let mode = match (up, cluster.fail_open) {
+            (true, _) => Mode::Cluster,
+            (false, true) => Mode::LocalOnly,
+            (false, false) => Mode::Closed,
+        };
+        self.mode.swap(mode as u8, Ordering::AcqRel) != mode as u8
+    }
+
+    /// The cells a `Need` names.
+    pub fn cells(&self, consumer: usize, model: Option<usize>) -> Option<&Cells> {
+        let q = self.consumers.get(consumer)?;
+        match model {
+            None => Some(&q.cells),
+            Some(m) => q.per_model.get(m)?.as_ref(),
+        }
+    }
+
+    /// Cluster mode: add `units` granted by Redis to the lease a `Need` names.
+    pub fn credit(&self, need: &Need, units: u64, ttl_ns: u64) {
+        let expires = self.now() + ttl_ns;
+        if need.limit == Limit::Balance {
+            if let Some(q) = self.consumers.get(need.consumer) {
+                q.balance_lease.credit(units, expires);
+            }
+        } else if let Some(lease) = self
+            .cells(need.consumer, need.model)
+            .and_then(|c| c.lease(need.limit))
+        {
+            lease.credit(units, expires);
         }
     }
 
@@ -467,38 +682,98 @@ impl Engine {
     }
 
     /// Reserve `ask` against every limit of the consumer and consumer × model.
-    pub fn admit(&self, consumer: usize, model: usize, ask: Ask) -> Result<Reservation, Refusal> {
+    pub fn admit(&self, consumer: usize, model: usize, ask: Ask) -> Admit {
         let windows = Windows::at(SystemTime::now());
+        let mode = self.mode();
         let reservation = Reservation {
             consumer,
             model,
             ask,
             windows,
+            leased: mode == Mode::Cluster,
         };
         let Some(q) = self.consumers.get(consumer) else {
-            return Ok(reservation);
+            return Admit::Admitted(reservation);
         };
-        let now = self.now();
-        q.cells.take(now, windows, &ask)?;
-        if let Some(Some(cells)) = q.per_model.get(model) {
-            if let Err(refusal) = cells.take(now, windows, &ask) {
-                q.cells.rollback(now, windows, &ask);
-                return Err(refusal);
-            }
-        }
-        if let Some(balance) = &q.balance {
-            if !balance.reserve(ask.balance_tokens) {
-                if let Some(Some(cells)) = q.per_model.get(model) {
-                    cells.rollback(now, windows, &ask);
+        let per_model = q.per_model.get(model).and_then(Option::as_ref);
+        match mode {
+            Mode::Closed => Admit::Unavailable,
+            Mode::Cluster => self.admit_leased(q, consumer, model, per_model, reservation),
+            Mode::Standalone | Mode::LocalOnly => {
+                let now = self.now();
+                if let Err(refusal) = q.cells.take(now, windows, &ask) {
+                    return Admit::Refused(refusal);
                 }
-                q.cells.rollback(now, windows, &ask);
-                return Err(Refusal {
-                    limit: Limit::Balance,
-                    retry_after_ns: 0,
-                });
+                if let Some(cells) = per_model {
+                    if let Err(refusal) = cells.take(now, windows, &ask) {
+                        q.cells.rollback(now, windows, &ask);
+                        return Admit::Refused(refusal);
+                    }
+                }
+                if let Some(balance) = &q.balance {
+                    if !balance.reserve(ask.balance_tokens) {
+                        if let Some(cells) = per_model {
+                            cells.rollback(now, windows, &ask);
+                        }
+                        q.cells.rollback(now, windows, &ask);
+                        return Admit::Refused(Refusal {
+                            limit: Limit::Balance,
+                            retry_after_ns: 0,
+                        });
+                    }
+                }
+                Admit::Admitted(reservation)
             }
         }
-        Ok(reservation)
+    }
+
+    /// Cluster mode: spend from this node's leases; what they lack is a `Need`.
+    fn admit_leased(
+        &self,
+        q: &ConsumerQuota,
+        consumer: usize,
+        model: usize,
+        per_model: Option<&Cells>,
+        reservation: Reservation,
+    ) -> Admit {
+        let ask = reservation.ask;
+        let none = Actual::default();
+        let mut needs = Vec::new();
+        let mut held: Vec<&Cells> = Vec::new();
+        for (cells, scope) in
+            std::iter::once((&q.cells, None)).chain(per_model.map(|c| (c, Some(model))))
+        {
+            match cells.take_leased(&ask) {
+                Take::Done => held.push(cells),
+                Take::Refused(r) => {
+                    for c in held {
+                        c.settle_leased(&ask, &none, true);
+                    }
+                    return Admit::Refused(r);
+                }
+                Take::Short(short) => needs.extend(short.into_iter().map(|(limit, units)| Need {
+                    consumer,
+                    model: scope,
+                    limit,
+                    units,
+                })),
+            }
+        }
+        if needs.is_empty() && q.balance.is_some() && !q.balance_lease.take(ask.balance_tokens) {
+            needs.push(Need {
+                consumer,
+                model: None,
+                limit: Limit::Balance,
+                units: q.balance_lease.shortfall(ask.balance_tokens),
+            });
+        }
+        if needs.is_empty() {
+            return Admit::Admitted(reservation);
+        }
+        for c in held {
+            c.settle_leased(&ask, &none, true);
+        }
+        Admit::Lease(needs)
     }
 
     /// Settle a reservation to the actual use; consumes it, so it happens once.
@@ -508,17 +783,30 @@ impl Engine {
             model,
             ask,
             windows,
+            leased,
         } = reservation;
         let Some(q) = self.consumers.get(consumer) else {
             return;
         };
         let now = self.now();
-        q.cells.settle(now, windows, &ask, &actual);
-        if let Some(Some(cells)) = q.per_model.get(model) {
-            cells.settle(now, windows, &ask, &actual);
-        }
-        if let Some(balance) = &q.balance {
-            balance.add(ask.balance_tokens as i64 - actual.balance_tokens as i64);
+        let per_model = q.per_model.get(model).and_then(Option::as_ref);
+        if leased {
+            q.cells.settle_leased(&ask, &actual, false);
+            if let Some(cells) = per_model {
+                cells.settle_leased(&ask, &actual, false);
+            }
+            if q.balance.is_some() {
+                q.balance_lease
+                    .adjust(ask.balance_tokens as i64 - actual.balance_tokens as i64);
+            }
+        } else {
+            q.cells.settle(now, windows, &ask, &actual);
+            if let Some(cells) = per_model {
+                cells.settle(now, windows, &ask, &actual);
+            }
+            if let Some(balance) = &q.balance {
+                balance.add(ask.balance_tokens as i64 - actual.balance_tokens as i64);
+            }
         }
         if let Some(u) = q.usage.get(model) {
             u.requests.fetch_add(1, Ordering::Relaxed);

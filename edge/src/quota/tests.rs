@@ -181,7 +181,7 @@ fn concurrent_admission_from_many_threads_is_exact() {
             let admitted = admitted.clone();
             std::thread::spawn(move || {
                 for _ in 0..100 {
-                    if let Ok(r) = e.admit(0, 0, ask(70)) {
+                    if let Admit::Admitted(r) = e.admit(0, 0, ask(70)) {
                         admitted.fetch_add(70, Ordering::Relaxed);
                         e.settle(r, actual(70));
                     }
@@ -217,4 +217,97 @@ fn calendar_windows() {
     );
     let _ = SystemTime::now();
     let _ = NonZeroU64::MIN;
+}
+
+impl Admit {
+    fn unwrap(self) -> Reservation {
+        match self {
+            Admit::Admitted(r) => r,
+            other => panic!("expected admission, got {other:?}"),
+        }
+    }
+
+    fn unwrap_err(self) -> Refusal {
+        match self {
+            Admit::Refused(r) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+fn cluster_config() -> Arc<Config> {
+    let toml = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[[providers]]
+name = "p"
+base_url = "http://127.0.0.1:9/v1"
+[[models]]
+name = "m"
+provider = "p"
+[[consumers]]
+name = "c"
+keys = [{{ sha256 = "{}" }}]
+balance = 500
+limits = {{ tokens_per_minute = 1000, requests_per_minute = 100 }}
+[cluster]
+redis = "redis://127.0.0.1:9/0"
+node_id = "t"
+"#,
+        "cd".repeat(32)
+    );
+    Arc::new(Config::from_toml_str(&toml).unwrap())
+}
+
+#[test]
+fn cluster_mode_spends_leases_and_asks_for_what_is_missing() {
+    let e = Engine::new(cluster_config());
+    assert_eq!(e.mode(), Mode::Cluster);
+    let needs = match e.admit(0, 0, ask(100)) {
+        Admit::Lease(needs) => needs,
+        other => panic!("expected a lease request, got {other:?}"),
+    };
+    let limits: Vec<Limit> = needs.iter().map(|n| n.limit).collect();
+    assert_eq!(
+        limits,
+        vec![Limit::RequestsPerMinute, Limit::TokensPerMinute]
+    );
+    assert_eq!(needs[1].units, 100);
+    // Nothing is held after a shortfall.
+    assert_eq!(e.consumers[0].cells.leases[2].allowance(), 0);
+    for n in &needs {
+        e.credit(n, n.units.max(50), 1_000_000_000);
+    }
+    // The balance is leased only once the limits are covered.
+    let needs = match e.admit(0, 0, ask(100)) {
+        Admit::Lease(needs) => needs,
+        other => panic!("expected a balance lease, got {other:?}"),
+    };
+    assert_eq!(needs[0].limit, Limit::Balance);
+    e.credit(&needs[0], 100, 1_000_000_000);
+    let r = e.admit(0, 0, ask(100)).unwrap();
+    // 40 of the 100 reserved tokens come back to the lease.
+    e.settle(r, actual(60));
+    assert_eq!(e.consumers[0].cells.leases[2].allowance(), 40);
+    assert_eq!(e.consumers[0].balance_lease.allowance(), 40);
+    // Redis unreachable: fail-open falls back to the local limits.
+    assert!(e.set_redis_up(false));
+    assert_eq!(e.mode(), Mode::LocalOnly);
+    let r = e.admit(0, 0, ask(100)).unwrap();
+    e.settle(r, actual(100));
+    assert!(e.set_redis_up(true));
+    assert!(!e.set_redis_up(true), "no change the second time");
+}
+
+#[test]
+fn lapsed_leases_are_reclaimed_once() {
+    let lease = Lease::default();
+    lease.credit(70, 5);
+    assert_eq!(lease.reclaim(4), 0, "not lapsed yet");
+    assert_eq!(lease.reclaim(6), 70);
+    assert_eq!(lease.reclaim(7), 0);
+    lease.adjust(-10);
+    assert_eq!(lease.reclaim_all(), 0, "a debt is not handed back");
+    assert_eq!(lease.shortfall(5), 15);
 }

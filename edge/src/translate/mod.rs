@@ -86,7 +86,12 @@ pub struct Usage {
 }
 
 impl Usage {
-    pub(crate) fn from_anthropic(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Self {
+    pub(crate) fn from_anthropic(
+        input: u64,
+        output: u64,
+        cache_read: u64,
+        cache_write: u64,
+    ) -> Self {
         Usage {
             prompt: input + cache_read + cache_write,
             completion: output,

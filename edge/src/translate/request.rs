@@ -161,9 +161,8 @@ pub fn anthropic_to_openai(body: &[u8]) -> Result<Vec<u8>> {
 pub fn anthropic_to_openai_with(body: &[u8], options: &OpenAiOptions) -> Result<Vec<u8>> {
     let mut req = parse_object(body)?;
     let mut out = Object::new();
-    let model = take_string(&mut req, "model", "body").map_err(|_| {
-        TranslateError::invalid("model", "required string is missing")
-    })?;
+    let model = take_string(&mut req, "model", "body")
+        .map_err(|_| TranslateError::invalid("model", "required string is missing"))?;
     out.insert("model".into(), Value::String(model));
 
     let mut messages = Vec::new();
@@ -191,7 +190,10 @@ pub fn anthropic_to_openai_with(body: &[u8], options: &OpenAiOptions) -> Result<
         Some(v) => {
             return Err(TranslateError::invalid(
                 "system",
-                format!("must be a string or an array of text blocks, not {}", type_name(&v)),
+                format!(
+                    "must be a string or an array of text blocks, not {}",
+                    type_name(&v)
+                ),
             ))
         }
     }
@@ -271,7 +273,8 @@ pub fn anthropic_to_openai_with(body: &[u8], options: &OpenAiOptions) -> Result<
             }
         }
     }
-    serde_json::to_vec(&Value::Object(out)).map_err(|e| TranslateError::json("translated request", &e))
+    serde_json::to_vec(&Value::Object(out))
+        .map_err(|e| TranslateError::json("translated request", &e))
 }
 
 fn anthropic_tool(tool: Value, k: usize) -> Result<Value> {
@@ -387,7 +390,10 @@ fn anthropic_turn(turn: Value, i: usize, messages: &mut Vec<Value>) -> Result<()
         Some(v) => {
             return Err(TranslateError::invalid(
                 format!("{path}.content"),
-                format!("must be a string or an array of blocks, not {}", type_name(&v)),
+                format!(
+                    "must be a string or an array of blocks, not {}",
+                    type_name(&v)
+                ),
             ))
         }
         None => {
@@ -438,7 +444,9 @@ fn anthropic_turn(turn: Value, i: usize, messages: &mut Vec<Value>) -> Result<()
         return Ok(());
     }
     let content = if parts.len() == 1 && parts[0]["type"] == "text" {
-        parts.pop().and_then(|mut p| p.get_mut("text").map(Value::take))
+        parts
+            .pop()
+            .and_then(|mut p| p.get_mut("text").map(Value::take))
     } else {
         None
     };
@@ -472,7 +480,10 @@ fn tool_result_content(b: &mut Object, path: &str, images: &mut Vec<Value>) -> R
         }
         Some(v) => Err(TranslateError::invalid(
             format!("{path}.content"),
-            format!("must be a string or an array of blocks, not {}", type_name(&v)),
+            format!(
+                "must be a string or an array of blocks, not {}",
+                type_name(&v)
+            ),
         )),
     }
 }
@@ -589,12 +600,14 @@ fn anthropic_tool_id(id: String) -> String {
 pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u8>> {
     let mut req = parse_object(body)?;
     let mut out = Object::new();
-    let model = take_string(&mut req, "model", "body").map_err(|_| {
-        TranslateError::invalid("model", "required string is missing")
-    })?;
+    let model = take_string(&mut req, "model", "body")
+        .map_err(|_| TranslateError::invalid("model", "required string is missing"))?;
     out.insert("model".into(), Value::String(model));
 
-    let max_tokens = match (req.remove("max_completion_tokens"), req.remove("max_tokens")) {
+    let max_tokens = match (
+        req.remove("max_completion_tokens"),
+        req.remove("max_tokens"),
+    ) {
         (Some(v), _) if !v.is_null() => positive(&v, "max_completion_tokens")?,
         (_, Some(v)) if !v.is_null() => positive(&v, "max_tokens")?,
         _ => u64::from(default_max_tokens),
@@ -625,7 +638,9 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
                                 other => {
                                     return Err(TranslateError::unsupported(
                                         ppath,
-                                        format!("part type '{other}' is not allowed in a system prompt"),
+                                        format!(
+                                            "part type '{other}' is not allowed in a system prompt"
+                                        ),
                                     ))
                                 }
                             }
@@ -648,31 +663,32 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
             }
             "tool" => {
                 let id = anthropic_tool_id(take_string(&mut m, "tool_call_id", &path)?);
-                let content = match m.remove("content") {
-                    None | Some(Value::Null) => Value::String(String::new()),
-                    Some(s @ Value::String(_)) => s,
-                    Some(Value::Array(parts)) => {
-                        let mut blocks = Vec::with_capacity(parts.len());
-                        for (j, part) in parts.into_iter().enumerate() {
-                            let ppath = format!("{path}.content[{j}]");
-                            let mut p = into_object(part, &ppath)?;
-                            match block_type(&p, &ppath)?.as_str() {
-                                "text" => {
-                                    let text = take_string(&mut p, "text", &ppath)?;
-                                    blocks.push(json!({"type": "text", "text": text}));
-                                }
-                                other => {
-                                    return Err(TranslateError::unsupported(
+                let content =
+                    match m.remove("content") {
+                        None | Some(Value::Null) => Value::String(String::new()),
+                        Some(s @ Value::String(_)) => s,
+                        Some(Value::Array(parts)) => {
+                            let mut blocks = Vec::with_capacity(parts.len());
+                            for (j, part) in parts.into_iter().enumerate() {
+                                let ppath = format!("{path}.content[{j}]");
+                                let mut p = into_object(part, &ppath)?;
+                                match block_type(&p, &ppath)?.as_str() {
+                                    "text" => {
+                                        let text = take_string(&mut p, "text", &ppath)?;
+                                        blocks.push(json!({"type": "text", "text": text}));
+                                    }
+                                    other => return Err(TranslateError::unsupported(
                                         ppath,
-                                        format!("part type '{other}' is not allowed in a tool message"),
-                                    ))
+                                        format!(
+                                            "part type '{other}' is not allowed in a tool message"
+                                        ),
+                                    )),
                                 }
                             }
+                            Value::Array(blocks)
                         }
-                        Value::Array(blocks)
-                    }
-                    Some(v) => return Err(content_error(&path, Some(&v))),
-                };
+                        Some(v) => return Err(content_error(&path, Some(&v))),
+                    };
                 let block = json!({"type": "tool_result", "tool_use_id": id, "content": content});
                 push_turn(&mut turns, "user", None, vec![block]);
             }
@@ -746,7 +762,10 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
         }
         Some(Value::Array(a)) => {
             if let Some(k) = a.iter().position(|s| !s.is_string()) {
-                return Err(TranslateError::invalid(format!("stop[{k}]"), "must be a string"));
+                return Err(TranslateError::invalid(
+                    format!("stop[{k}]"),
+                    "must be a string",
+                ));
             }
             if !a.is_empty() {
                 out.insert("stop_sequences".into(), Value::Array(a));
@@ -755,7 +774,10 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
         Some(v) => {
             return Err(TranslateError::invalid(
                 "stop",
-                format!("must be a string or an array of strings, not {}", type_name(&v)),
+                format!(
+                    "must be a string or an array of strings, not {}",
+                    type_name(&v)
+                ),
             ))
         }
     }
@@ -771,9 +793,9 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
             ))
         }
     }
-    if let Some(user) = take_opt_string(&mut req, "user", "body").map_err(|_| {
-        TranslateError::invalid("user", "must be a string")
-    })? {
+    if let Some(user) = take_opt_string(&mut req, "user", "body")
+        .map_err(|_| TranslateError::invalid("user", "must be a string"))?
+    {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
 
@@ -811,7 +833,10 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
                     format!("tool choice '{ty}' has no Anthropic equivalent"),
                 ));
             }
-            let mut f = into_object(c.remove("function").unwrap_or(Value::Null), "tool_choice.function")?;
+            let mut f = into_object(
+                c.remove("function").unwrap_or(Value::Null),
+                "tool_choice.function",
+            )?;
             let name = take_string(&mut f, "name", "tool_choice.function")?;
             Some(json!({"type": "tool", "name": name}))
         }
@@ -825,7 +850,8 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
     if let Some(c) = choice {
         out.insert("tool_choice".into(), c);
     }
-    serde_json::to_vec(&Value::Object(out)).map_err(|e| TranslateError::json("translated request", &e))
+    serde_json::to_vec(&Value::Object(out))
+        .map_err(|e| TranslateError::json("translated request", &e))
 }
 
 fn positive(v: &Value, path: &str) -> Result<u64> {
@@ -840,7 +866,10 @@ fn content_error(path: &str, v: Option<&Value>) -> TranslateError {
         format!("{path}.content"),
         match v {
             None => "required field is missing".to_owned(),
-            Some(v) => format!("must be a string or an array of parts, not {}", type_name(v)),
+            Some(v) => format!(
+                "must be a string or an array of parts, not {}",
+                type_name(v)
+            ),
         },
     )
 }
@@ -850,7 +879,10 @@ fn split_data_url<'a>(url: &'a str, path: &str) -> Result<(&'a str, &'a str)> {
     url.strip_prefix("data:")
         .and_then(|rest| rest.split_once(";base64,"))
         .ok_or_else(|| {
-            TranslateError::unsupported(path, "only base64 data: URLs and http(s) URLs are supported")
+            TranslateError::unsupported(
+                path,
+                "only base64 data: URLs and http(s) URLs are supported",
+            )
         })
 }
 
@@ -864,7 +896,9 @@ fn openai_image(mut p: Object, path: &str) -> Result<Value> {
     };
     if url.starts_with("data:") {
         let (media, data) = split_data_url(&url, &format!("{ipath}.url"))?;
-        Ok(json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}))
+        Ok(
+            json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}),
+        )
     } else {
         Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
     }
@@ -1004,7 +1038,10 @@ fn openai_tool(tool: Value, k: usize) -> Result<Value> {
     let fpath = format!("{path}.function");
     let mut f = into_object(t.remove("function").unwrap_or(Value::Null), &fpath)?;
     let mut out = Object::new();
-    out.insert("name".into(), Value::String(take_string(&mut f, "name", &fpath)?));
+    out.insert(
+        "name".into(),
+        Value::String(take_string(&mut f, "name", &fpath)?),
+    );
     if let Some(d) = take_opt_string(&mut f, "description", &fpath)? {
         out.insert("description".into(), Value::String(d));
     }

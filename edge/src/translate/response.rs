@@ -56,9 +56,9 @@ pub fn openai_response_to_anthropic(body: &[u8], requested_model: &str) -> Resul
         .and_then(Value::as_array)
         .and_then(|c| c.first())
         .ok_or_else(|| TranslateError::invalid("choices", "the response has no choice"))?;
-    let message = choice
-        .get("message")
-        .ok_or_else(|| TranslateError::invalid("choices[0].message", "required object is missing"))?;
+    let message = choice.get("message").ok_or_else(|| {
+        TranslateError::invalid("choices[0].message", "required object is missing")
+    })?;
     let mut content = Vec::new();
     match message.get("content") {
         Some(Value::String(s)) if !s.is_empty() => content.push(json!({"type": "text", "text": s})),
@@ -78,7 +78,10 @@ pub fn openai_response_to_anthropic(body: &[u8], requested_model: &str) -> Resul
     if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
         for (k, call) in calls.iter().enumerate() {
             let f = call.get("function");
-            let name = f.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or("");
+            let name = f
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let arguments = f.and_then(|f| f.get("arguments")).and_then(Value::as_str);
             let call_id = match call.get("id").and_then(Value::as_str) {
                 Some(i) if !i.is_empty() => i.to_owned(),
@@ -148,7 +151,10 @@ pub fn anthropic_response_to_openai(body: &[u8], requested_model: &str) -> Resul
             }
             Some("tool_use") => {
                 let name = block.get("name").and_then(Value::as_str).ok_or_else(|| {
-                    TranslateError::invalid(format!("content[{k}].name"), "required string is missing")
+                    TranslateError::invalid(
+                        format!("content[{k}].name"),
+                        "required string is missing",
+                    )
                 })?;
                 let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
                 let arguments = serde_json::to_string(&input)
@@ -304,7 +310,12 @@ pub(crate) fn push_anthropic_error_json(out: &mut Vec<u8>, error_type: &str, mes
     out.extend_from_slice(b"}}");
 }
 
-pub(crate) fn push_openai_error_json(out: &mut Vec<u8>, error_type: &str, code: &str, message: &str) {
+pub(crate) fn push_openai_error_json(
+    out: &mut Vec<u8>,
+    error_type: &str,
+    code: &str,
+    message: &str,
+) {
     out.extend_from_slice(b"{\"error\":{\"message\":");
     push_json_str(out, message);
     out.extend_from_slice(b",\"type\":");

@@ -208,7 +208,11 @@ impl OpenAiToAnthropicStream {
             return Ok(());
         }
         if !self.started {
-            self.start(chunk.id.as_deref(), chunk.usage.as_ref().map(ChunkUsage::usage), out);
+            self.start(
+                chunk.id.as_deref(),
+                chunk.usage.as_ref().map(ChunkUsage::usage),
+                out,
+            );
         }
         for choice in chunk.choices.iter().flatten() {
             // One choice is asked for; a provider numbering from 0 agrees.
@@ -372,7 +376,9 @@ impl OpenAiToAnthropicStream {
             event(out, b"content_block_delta", |out| {
                 out.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":");
                 push_u64(out, u64::from(index));
-                out.extend_from_slice(b",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":");
+                out.extend_from_slice(
+                    b",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":",
+                );
                 push_json_str(out, args);
                 out.extend_from_slice(b"}}");
             });
@@ -755,7 +761,12 @@ impl AnthropicToOpenAiStream {
         });
     }
 
-    fn tool_start(&mut self, block: u32, b: &Block<'_>, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+    fn tool_start(
+        &mut self,
+        block: u32,
+        b: &Block<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TranslateError> {
         let tool = self.tools.len() as u32;
         self.tools.push((block, tool));
         let id = b.id.as_deref().unwrap_or("");
@@ -771,8 +782,13 @@ impl AnthropicToOpenAiStream {
         });
         // Anthropic streams the input as deltas after an empty `{}`; a
         // provider that puts it here whole still gets it across.
-        if let Some(input) = b.input.as_ref().filter(|i| i.as_object().is_some_and(|o| !o.is_empty())) {
-            let args = serde_json::to_string(input).map_err(|e| TranslateError::json("tool input", &e))?;
+        if let Some(input) = b
+            .input
+            .as_ref()
+            .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+        {
+            let args =
+                serde_json::to_string(input).map_err(|e| TranslateError::json("tool input", &e))?;
             self.arguments(tool, &args, out);
         }
         Ok(())

@@ -143,6 +143,11 @@ pub struct Setup {
     pub limits: [u64; 5],
     pub listener_tls: Option<(PathBuf, PathBuf)>,
     pub drain_timeout_ms: u64,
+    /// Extra TOML lines, each for one table: `"admin"`, `"quota"`,
+    /// `"providers.<name>"`, `"models.<name>"`, `"consumers.<name>"`, or
+    /// `""` for lines appended after everything (new tables such as
+    /// `[quota.defaults]`). Empty by default; see `Setup::extra`.
+    pub extra: Vec<(String, String)>,
 }
 
 /// The public name whose upstream name differs, to see the rewrite.
@@ -184,6 +189,7 @@ impl Setup {
             limits: [16_384, 1_048_576, 5000, 5000, 10_000],
             listener_tls: None,
             drain_timeout_ms: 10_000,
+            extra: Vec::new(),
         }
     }
 
@@ -200,6 +206,7 @@ impl Setup {
             );
         }
         let _ = writeln!(s, "\n[admin]\naddress = \"127.0.0.1:0\"");
+        s.push_str(&self.extra_for("admin"));
         let _ = writeln!(
             s,
             "\n[workers]\ncount = {}\ndrain_timeout_ms = {}",
@@ -226,6 +233,7 @@ impl Setup {
             if let Some(ca) = &p.ca_file {
                 let _ = writeln!(s, "ca_file = {}", q(ca));
             }
+            s.push_str(&self.extra_for(&format!("providers.{}", p.name)));
         }
         for m in &self.models {
             let _ = writeln!(
@@ -233,16 +241,24 @@ impl Setup {
                 "\n[[models]]\nname = \"{}\"\nprovider = \"{}\"\nupstream_model = \"{}\"\nencoding = \"{}\"",
                 m.name, m.provider, m.upstream_model, m.encoding
             );
+            s.push_str(&self.extra_for(&format!("models.{}", m.name)));
         }
         let _ = writeln!(
             s,
-            "\n[[consumers]]\nname = \"alice\"\nkeys = [{{ id = \"alice-1\", plain = \"{ALICE}\" }}]\n\
-             \n[[consumers]]\nname = \"bob\"\nkeys = [{{ id = \"bob-1\", plain = \"{BOB}\" }}]\n\
+            "\n[[consumers]]\nname = \"alice\"\nkeys = [{{ id = \"alice-1\", plain = \"{ALICE}\" }}]"
+        );
+        s.push_str(&self.extra_for("consumers.alice"));
+        let _ = writeln!(
+            s,
+            "\n[[consumers]]\nname = \"bob\"\nkeys = [{{ id = \"bob-1\", plain = \"{BOB}\" }}]\n\
              allowed_models = [\"{TURBO}\"]"
         );
+        s.push_str(&self.extra_for("consumers.bob"));
         let _ = writeln!(s, "\n[audit]\npath = {}\nflush_interval_ms = 50", q(audit));
         let quota_state = audit.with_file_name("quota.redb");
         let _ = writeln!(s, "\n[quota]\nstate_path = {}", q(&quota_state));
+        s.push_str(&self.extra_for("quota"));
+        s.push_str(&self.extra_for(""));
         s
     }
 }
@@ -995,4 +1011,102 @@ pub fn tls_handshake(
         stream.conn.complete_io(&mut stream.sock)?;
     }
     Ok(Conn::new(stream))
+}
+
+// ------------------------------------------------------- quota and admin API
+
+/// The admin token `Setup::with_admin_token` configures.
+pub const ADMIN_TOKEN: &str = "admin-e2e-token";
+
+impl Setup {
+    /// Add `lines` to the table `table` (see [`Setup::extra`]).
+    pub fn extra(&mut self, table: &str, lines: &str) -> &mut Self {
+        self.extra.push((table.to_string(), lines.to_string()));
+        self
+    }
+
+    /// Turn the admin API on with [`ADMIN_TOKEN`].
+    pub fn with_admin_token(&mut self) -> &mut Self {
+        self.extra("admin", &format!("token = \"{ADMIN_TOKEN}\""))
+    }
+
+    /// The extra lines of `table`, each ending in a newline.
+    fn extra_for(&self, table: &str) -> String {
+        let mut out = String::new();
+        for (t, lines) in &self.extra {
+            if t == table {
+                out.push_str(lines.trim_end_matches('\n'));
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Gateway {
+    /// Send SIGKILL and reap the process.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The directory holding the config, audit log and quota store, to
+    /// start the next process in (`Gateway::start_in`) once this one has
+    /// exited. This gateway keeps a fresh empty directory in its place.
+    pub fn take_dir(&mut self) -> TempDir {
+        assert!(
+            self.child.try_wait().ok().flatten().is_some(),
+            "take_dir while sluice still runs"
+        );
+        std::mem::replace(&mut self._dir, TempDir::new("gw-taken"))
+    }
+
+    /// One admin API request on a fresh connection, with `token` (if any)
+    /// as the bearer token and `body` (if any) as JSON.
+    pub fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Response {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = vec![("connection", "close")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let mut c = Conn::tcp(self.admin);
+        c.send(&request(
+            method,
+            path,
+            &headers,
+            body.unwrap_or("").as_bytes(),
+        ));
+        c.read_response()
+    }
+
+    /// `GET /admin/consumers/{name}` with the right token; must be 200.
+    pub fn admin_consumer(&self, name: &str) -> Value {
+        let r = self.admin_request(
+            "GET",
+            &format!("/admin/consumers/{name}"),
+            Some(ADMIN_TOKEN),
+            None,
+        );
+        assert_eq!(r.status, 200, "GET /admin/consumers/{name}: {}", r.text());
+        r.json()
+    }
+
+    /// `POST /admin/consumers/{name}/{action}` with the right token.
+    pub fn admin_post(&self, name: &str, action: &str, body: &str) -> Response {
+        self.admin_request(
+            "POST",
+            &format!("/admin/consumers/{name}/{action}"),
+            Some(ADMIN_TOKEN),
+            Some(body),
+        )
+    }
 }
