@@ -182,6 +182,9 @@ pub struct Provider {
     pub ca_file: Option<PathBuf>,
     /// Keep-alive connections kept per worker; default 64, 0 disables reuse.
     pub max_idle_connections: usize,
+    /// `azure-openai`: the `api-version` query value; default "2024-10-21".
+    /// `anthropic`: the `anthropic-version` header; default "2023-06-01".
+    pub api_version: String,
 }
 
 // Hand-written so that logging a config never prints an upstream key.
@@ -197,6 +200,7 @@ impl fmt::Debug for Provider {
             .field("idle_timeout", &self.idle_timeout)
             .field("ca_file", &self.ca_file)
             .field("max_idle_connections", &self.max_idle_connections)
+            .field("api_version", &self.api_version)
             .finish()
     }
 }
@@ -205,19 +209,43 @@ impl fmt::Debug for Provider {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ProviderKind {
-    /// `kind = "openai"`: OpenAI's API or any server compatible with it.
+    /// `kind = "openai"`: OpenAI's API or any server compatible with it
+    /// (DeepSeek, Qwen/DashScope compatible mode, Moonshot, Groq, Mistral,
+    /// OpenRouter, vLLM, Ollama…): `Authorization: Bearer`, `{base}/chat/completions`.
     OpenAi,
+    /// `kind = "azure-openai"`: Azure OpenAI deployments:
+    /// `{base}/openai/deployments/{upstream_model}/chat/completions?api-version=…`, `api-key` header.
+    AzureOpenAi,
+    /// `kind = "anthropic"`: the Messages API: `{base}/v1/messages`,
+    /// `x-api-key` and `anthropic-version` headers.
+    Anthropic,
+    /// `kind = "gemini"`: Gemini through its OpenAI-compatible endpoint
+    /// (`https://generativelanguage.googleapis.com/v1beta/openai`).
+    Gemini,
 }
 
 impl ProviderKind {
     /// Every kind with its config spelling.
-    const ALL: [(&'static str, ProviderKind); 1] = [("openai", ProviderKind::OpenAi)];
+    const ALL: [(&'static str, ProviderKind); 4] = [
+        ("openai", ProviderKind::OpenAi),
+        ("azure-openai", ProviderKind::AzureOpenAi),
+        ("anthropic", ProviderKind::Anthropic),
+        ("gemini", ProviderKind::Gemini),
+    ];
 
     /// The config spelling, e.g. `"openai"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",
+            ProviderKind::AzureOpenAi => "azure-openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
         }
+    }
+
+    /// Whether the provider speaks Anthropic's Messages API (else OpenAI's).
+    pub fn is_anthropic(&self) -> bool {
+        matches!(self, ProviderKind::Anthropic)
     }
 
     /// Parses the config spelling.

@@ -137,6 +137,8 @@ pub(crate) struct RawProvider {
     pub ca_file: Option<PathBuf>,
     /// Keep-alive connections kept per worker; default 64.
     pub max_idle_connections: Option<u64>,
+    /// `api-version` (azure-openai) or `anthropic-version` (anthropic).
+    pub api_version: Option<String>,
 }
 
 /// One `[[models]]` entry.

@@ -252,7 +252,7 @@ name = "p"
 base_url = "http://127.0.0.1:9000/v1"
 [[providers]]
 name = "p"
-kind = "anthropic"
+kind = "bedrock"
 base_url = "ftp://example.com"
 api_key = "k"
 key_env = "K"

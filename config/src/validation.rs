@@ -439,8 +439,22 @@ impl Validator {
             }
         }
 
+        let api_version = match (kind, &raw.api_version) {
+            (_, Some(v)) if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) => {
+                self.error(
+                    format!("{at}.api_version"),
+                    "must be a non-empty version string without spaces",
+                );
+                None
+            }
+            (_, Some(v)) => Some(v.clone()),
+            (Some(ProviderKind::AzureOpenAi), None) => Some("2024-10-21".to_string()),
+            (Some(ProviderKind::Anthropic), None) => Some("2023-06-01".to_string()),
+            _ => Some(String::new()),
+        };
         Some(Provider {
             name: String::new(),
+            api_version: api_version?,
             kind: kind?,
             base_url: base_url?,
             api_key: api_key?,

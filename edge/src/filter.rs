@@ -60,6 +60,8 @@ pub struct Usage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions,
+    /// Anthropic's Messages API, for Anthropic clients.
+    Messages,
     Completions,
     Embeddings,
     Models,
@@ -72,6 +74,7 @@ impl Endpoint {
         let path = path.split('?').next().unwrap_or(path);
         let (endpoint, wanted) = match path {
             "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
+            "/v1/messages" => (Endpoint::Messages, "POST"),
             "/v1/completions" => (Endpoint::Completions, "POST"),
             "/v1/embeddings" => (Endpoint::Embeddings, "POST"),
             "/v1/models" => (Endpoint::Models, "GET"),
@@ -87,7 +90,7 @@ impl Endpoint {
     /// The path under the provider's base URL (`/v1` is the base's job).
     pub fn upstream_suffix(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::ChatCompletions | Endpoint::Messages => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Models => "/models",
@@ -97,6 +100,7 @@ impl Endpoint {
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Messages => "/v1/messages",
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
             Endpoint::Models => "/v1/models",

@@ -60,7 +60,14 @@ where
     let endpoint = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions);
 
     // 2. Upstream: send and wait for the response head.
-    let head = upstream.request_head(endpoint, &req.head, &ctx.id, ctx.upstream_body.len());
+    let upstream_model = core.upstream_model(ctx);
+    let head = upstream.request_head(
+        endpoint,
+        upstream_model,
+        &req.head,
+        &ctx.id,
+        ctx.upstream_body.len(),
+    );
     // The client may leave while the provider thinks: stop waiting then.
     let sent = monoio::select! {
         r = upstream.send(head, &ctx.upstream_body) => Some(r),

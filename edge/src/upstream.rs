@@ -17,7 +17,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use monoio_rustls::TlsConnector;
 use rustls::pki_types::ServerName;
-use sluice_config::{Config, Provider};
+use sluice_config::{Config, Provider, ProviderKind};
 
 use crate::error::{Error, ErrorKind};
 use crate::filter::Endpoint;
@@ -39,6 +39,7 @@ fn forwardable(name: &str) -> bool {
         || name.eq_ignore_ascii_case("api-key")
         || name.eq_ignore_ascii_case("expect")
         || name.eq_ignore_ascii_case("x-request-id")
+        || name.eq_ignore_ascii_case("anthropic-version")
         // sluice reads the body to account tokens: no compression.
         || name.eq_ignore_ascii_case("accept-encoding"))
 }
@@ -94,6 +95,7 @@ impl Upstream {
     pub fn request_head(
         &self,
         endpoint: Endpoint,
+        upstream_model: &str,
         client: &RequestHead,
         id: &str,
         body_len: usize,
@@ -107,14 +109,46 @@ impl Upstream {
         };
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(p.base_url.path.as_bytes());
-        out.extend_from_slice(endpoint.upstream_suffix().as_bytes());
+        let base = p.base_url.path.as_str();
+        match p.kind {
+            // The Messages API lives at /v1/messages whether or not the
+            // base URL names /v1.
+            ProviderKind::Anthropic => {
+                out.extend_from_slice(base.as_bytes());
+                if !base.ends_with("/v1") {
+                    out.extend_from_slice(b"/v1");
+                }
+                out.extend_from_slice(b"/messages");
+            }
+            ProviderKind::AzureOpenAi => {
+                out.extend_from_slice(base.as_bytes());
+                out.extend_from_slice(b"/openai/deployments/");
+                out.extend_from_slice(upstream_model.as_bytes());
+                out.extend_from_slice(endpoint.upstream_suffix().as_bytes());
+                out.extend_from_slice(b"?api-version=");
+                out.extend_from_slice(p.api_version.as_bytes());
+            }
+            _ => {
+                out.extend_from_slice(base.as_bytes());
+                out.extend_from_slice(endpoint.upstream_suffix().as_bytes());
+            }
+        }
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(p.base_url.authority().as_bytes());
         out.extend_from_slice(b"\r\n");
         if let Some(key) = &p.api_key {
-            out.extend_from_slice(b"authorization: Bearer ");
+            let header: &[u8] = match p.kind {
+                ProviderKind::Anthropic => b"x-api-key: ",
+                ProviderKind::AzureOpenAi => b"api-key: ",
+                _ => b"authorization: Bearer ",
+            };
+            out.extend_from_slice(header);
             out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if p.kind == ProviderKind::Anthropic {
+            out.extend_from_slice(b"anthropic-version: ");
+            out.extend_from_slice(p.api_version.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         for h in &client.headers {

@@ -97,6 +97,13 @@ impl Core {
         self.audit.record(&self.config, ctx);
     }
 
+    /// The provider's name for the routed model ("" before routing).
+    pub fn upstream_model(&self, ctx: &RequestCtx) -> &str {
+        ctx.model
+            .and_then(|m| self.config.models.get(m))
+            .map_or("", |m| m.upstream_model.as_str())
+    }
+
     /// `GET /v1/models`: the models this consumer may use.
     pub fn models_list(&self, consumer: Option<usize>) -> Vec<u8> {
         let allowed = consumer

@@ -266,10 +266,12 @@ pub fn anthropic_to_openai_with(body: &[u8], options: &OpenAiOptions) -> Result<
                     ))
                 }
             };
-            out.insert("tool_choice".into(), mapped);
-            // OpenAI refuses parallel_tool_calls without tools.
-            if c.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) && has_tools {
-                out.insert("parallel_tool_calls".into(), Value::Bool(false));
+            // OpenAI refuses tool_choice and parallel_tool_calls without tools.
+            if has_tools {
+                out.insert("tool_choice".into(), mapped);
+                if c.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
+                    out.insert("parallel_tool_calls".into(), Value::Bool(false));
+                }
             }
         }
     }
@@ -663,32 +665,7 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
             }
             "tool" => {
                 let id = anthropic_tool_id(take_string(&mut m, "tool_call_id", &path)?);
-                let content =
-                    match m.remove("content") {
-                        None | Some(Value::Null) => Value::String(String::new()),
-                        Some(s @ Value::String(_)) => s,
-                        Some(Value::Array(parts)) => {
-                            let mut blocks = Vec::with_capacity(parts.len());
-                            for (j, part) in parts.into_iter().enumerate() {
-                                let ppath = format!("{path}.content[{j}]");
-                                let mut p = into_object(part, &ppath)?;
-                                match block_type(&p, &ppath)?.as_str() {
-                                    "text" => {
-                                        let text = take_string(&mut p, "text", &ppath)?;
-                                        blocks.push(json!({"type": "text", "text": text}));
-                                    }
-                                    other => return Err(TranslateError::unsupported(
-                                        ppath,
-                                        format!(
-                                            "part type '{other}' is not allowed in a tool message"
-                                        ),
-                                    )),
-                                }
-                            }
-                            Value::Array(blocks)
-                        }
-                        Some(v) => return Err(content_error(&path, Some(&v))),
-                    };
+                let content = openai_tool_content(&mut m, &path)?;
                 let block = json!({"type": "tool_result", "tool_use_id": id, "content": content});
                 push_turn(&mut turns, "user", None, vec![block]);
             }
@@ -847,11 +824,41 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
             c["disable_parallel_tool_use"] = Value::Bool(true);
         }
     }
-    if let Some(c) = choice {
+    // Anthropic refuses a tool_choice without tools.
+    if let (Some(c), true) = (choice, has_tools) {
         out.insert("tool_choice".into(), c);
     }
     serde_json::to_vec(&Value::Object(out))
         .map_err(|e| TranslateError::json("translated request", &e))
+}
+
+/// A tool message's content → a `tool_result` content (a string or text
+/// blocks).
+fn openai_tool_content(m: &mut Object, path: &str) -> Result<Value> {
+    let parts = match m.remove("content") {
+        None | Some(Value::Null) => return Ok(Value::String(String::new())),
+        Some(s @ Value::String(_)) => return Ok(s),
+        Some(Value::Array(parts)) => parts,
+        Some(v) => return Err(content_error(path, Some(&v))),
+    };
+    let mut blocks = Vec::with_capacity(parts.len());
+    for (j, part) in parts.into_iter().enumerate() {
+        let ppath = format!("{path}.content[{j}]");
+        let mut p = into_object(part, &ppath)?;
+        match block_type(&p, &ppath)?.as_str() {
+            "text" => {
+                let text = take_string(&mut p, "text", &ppath)?;
+                blocks.push(json!({"type": "text", "text": text}));
+            }
+            other => {
+                return Err(TranslateError::unsupported(
+                    ppath,
+                    format!("part type '{other}' is not allowed in a tool message"),
+                ))
+            }
+        }
+    }
+    Ok(Value::Array(blocks))
 }
 
 fn positive(v: &Value, path: &str) -> Result<u64> {

@@ -378,7 +378,7 @@ fn errors_name_the_field() {
             "tools[0].type: server tool 'web_search_20250305' has no OpenAI equivalent",
         ),
         (
-            r#"{"model":"m","messages":[],"tool_choice":{"type":"tool"}}"#,
+            r#"{"model":"m","messages":[],"tool_choice":{"type":"tool"},"tools":[{"name":"f"}]}"#,
             "tool_choice.name: required string is missing",
         ),
         (
@@ -511,9 +511,17 @@ fn tool_choice_both_ways() {
         let out = j(&anthropic_to_openai(a.to_string().as_bytes()).unwrap());
         assert_eq!(out["tool_choice"], openai);
         assert!(out.get("parallel_tool_calls").is_none());
-        let o = json!({"model": "m", "messages": [], "tool_choice": openai});
+        let o = json!({"model": "m", "messages": [], "tool_choice": openai,
+                       "tools": [{"type": "function", "function": {"name": "f"}}]});
         let back = j(&openai_to_anthropic(o.to_string().as_bytes(), 1).unwrap());
         assert_eq!(back["tool_choice"], anthropic);
+        // Neither side takes a tool choice without tools.
+        let a = json!({"model": "m", "messages": [], "tool_choice": anthropic});
+        let out = j(&anthropic_to_openai(a.to_string().as_bytes()).unwrap());
+        assert!(out.get("tool_choice").is_none());
+        let o = json!({"model": "m", "messages": [], "tool_choice": openai});
+        let out = j(&openai_to_anthropic(o.to_string().as_bytes(), 1).unwrap());
+        assert!(out.get("tool_choice").is_none());
     }
     // parallel_tool_calls=false alone makes an auto choice without parallel use.
     let o = json!({"model": "m", "messages": [], "parallel_tool_calls": false,
