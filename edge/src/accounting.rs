@@ -46,34 +46,58 @@ impl Accounting {
     }
 }
 
+/// Token counts an event reported; fields it did not mention stay `None`
+/// (Anthropic streams report input tokens in `message_start` and output
+/// tokens in `message_delta`).
+#[derive(Default)]
+struct Reported {
+    prompt: Option<u64>,
+    completion: Option<u64>,
+    cached: Option<u64>,
+}
+
 /// What one event told us.
 #[derive(Default)]
 struct Seen {
-    usage: Option<(u64, u64, u64)>,
+    usage: Option<Reported>,
     usage_only: bool,
+}
+
+/// A usage object in either wire format: OpenAI's `prompt_tokens`,
+/// `completion_tokens`, `prompt_tokens_details.cached_tokens`, or
+/// Anthropic's `input_tokens` (uncached), `cache_read_input_tokens`,
+/// `cache_creation_input_tokens`, `output_tokens`.
+fn read_usage(u: Value<'_, '_>) -> Reported {
+    let n = |v: Option<Value<'_, '_>>| v.and_then(|x| x.as_u64());
+    if let Some(prompt) = n(u.get("prompt_tokens")) {
+        return Reported {
+            prompt: Some(prompt),
+            completion: n(u.get("completion_tokens")),
+            cached: Some(
+                n(u.get("prompt_tokens_details")
+                    .and_then(|d| d.get("cached_tokens")))
+                .unwrap_or(0),
+            ),
+        };
+    }
+    let input = n(u.get("input_tokens"));
+    let read = n(u.get("cache_read_input_tokens"));
+    let written = n(u.get("cache_creation_input_tokens"));
+    Reported {
+        prompt: input.map(|i| i + read.unwrap_or(0) + written.unwrap_or(0)),
+        completion: n(u.get("output_tokens")),
+        cached: read.or(input.map(|_| 0)),
+    }
 }
 
 fn read_event(v: Value<'_, '_>, text: &mut String) -> Seen {
     let mut seen = Seen::default();
-    if let Some(u) = v.get("usage") {
-        if u.is_object() {
-            let prompt = u
-                .get("prompt_tokens")
-                .and_then(|x| x.as_u64())
-                .or_else(|| u.get("input_tokens").and_then(|x| x.as_u64()))
-                .unwrap_or(0);
-            let completion = u
-                .get("completion_tokens")
-                .and_then(|x| x.as_u64())
-                .or_else(|| u.get("output_tokens").and_then(|x| x.as_u64()))
-                .unwrap_or(0);
-            let cached = u
-                .get("prompt_tokens_details")
-                .and_then(|d| d.get("cached_tokens"))
-                .and_then(|x| x.as_u64())
-                .unwrap_or(0);
-            seen.usage = Some((prompt, completion, cached));
-        }
+    // Anthropic's message_start carries the usage inside `message`.
+    let usage = v
+        .get("usage")
+        .or_else(|| v.get("message").and_then(|m| m.get("usage")));
+    if let Some(u) = usage.filter(|u| u.is_object()) {
+        seen.usage = Some(read_usage(u));
     }
     if let Some(choices) = v.get("choices").and_then(|c| c.as_array()) {
         if choices.is_empty() {
@@ -87,6 +111,22 @@ fn read_event(v: Value<'_, '_>, text: &mut String) -> Seen {
                 .or_else(|| choice.get("text"))
                 .and_then(|t| t.into_string());
             if let Some(piece) = piece {
+                text.push_str(piece);
+            }
+        }
+    } else if let Some(delta) = v.get("delta") {
+        // Anthropic content_block_delta: text, or a tool call's JSON.
+        if let Some(piece) = delta
+            .get("text")
+            .or_else(|| delta.get("partial_json"))
+            .and_then(|t| t.into_string())
+        {
+            text.push_str(piece);
+        }
+    } else if let Some(blocks) = v.get("content").and_then(|c| c.as_array()) {
+        // A whole Anthropic message.
+        for block in blocks.iter() {
+            if let Some(piece) = block.get("text").and_then(|t| t.into_string()) {
                 text.push_str(piece);
             }
         }
@@ -113,10 +153,16 @@ impl Filter for Accounting {
             Err(_) => Seen::default(),
         };
         *slot = Some(tape.reset());
-        if let Some((prompt, completion, cached)) = seen.usage {
-            ctx.usage.prompt = prompt;
-            ctx.usage.completion = completion;
-            ctx.usage.cached = cached;
+        if let Some(reported) = seen.usage {
+            if let Some(p) = reported.prompt {
+                ctx.usage.prompt = p;
+            }
+            if let Some(c) = reported.completion {
+                ctx.usage.completion = c;
+            }
+            if let Some(c) = reported.cached {
+                ctx.usage.cached = c;
+            }
             ctx.usage.source = UsageSource::Provider;
         }
         if seen.usage_only && ctx.stream && !ctx.client_wants_usage {

@@ -56,6 +56,16 @@ pub struct Usage {
     pub source: UsageSource,
 }
 
+/// The two wire formats sluice speaks on either side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wire {
+    /// OpenAI Chat Completions (and every OpenAI-compatible server).
+    #[default]
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
 /// The API endpoints sluice serves on its data-plane listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -97,6 +107,14 @@ impl Endpoint {
         }
     }
 
+    /// The wire format clients of this endpoint speak.
+    pub fn wire(self) -> Wire {
+        match self {
+            Endpoint::Messages => Wire::Anthropic,
+            _ => Wire::OpenAi,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/v1/chat/completions",
@@ -133,6 +151,11 @@ pub struct RequestCtx {
     /// Index into `config.providers`, once routed.
     pub provider: Option<usize>,
     pub stream: bool,
+    /// The wire format the client speaks (by endpoint).
+    pub client_wire: Wire,
+    /// The wire format the provider speaks (by provider kind); when it
+    /// differs from `client_wire` the request and response are translated.
+    pub upstream_wire: Wire,
     /// The client asked for the usage chunk itself.
     pub client_wants_usage: bool,
     pub max_tokens: Option<u64>,
@@ -174,6 +197,8 @@ impl RequestCtx {
             model: None,
             provider: None,
             stream: false,
+            client_wire: Wire::OpenAi,
+            upstream_wire: Wire::OpenAi,
             client_wants_usage: false,
             max_tokens: None,
             upstream_body: Vec::new(),

@@ -28,5 +28,6 @@ pub mod server;
 pub mod sse;
 pub mod tls;
 pub mod tokens;
+pub mod translate;
 pub mod upstream;
 pub mod worker;

@@ -14,10 +14,11 @@ use std::time::Instant;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::error::{error_body, Error, ErrorKind};
-use crate::filter::{Endpoint, Request, RequestCtx, Verdict};
+use crate::filter::{Endpoint, Request, RequestCtx, Verdict, Wire};
 use crate::http::{self, BodyKind, ResponseHead};
 use crate::io::{BufConn, PeerWatch};
 use crate::sse::{self, SseSplitter};
+use crate::translate;
 use crate::upstream::{BodyReader, Response, Upstream};
 use crate::worker::Core;
 
@@ -199,12 +200,16 @@ where
 {
     ctx.fail(e);
     let status = e.kind.reply().status;
+    let body = match ctx.client_wire {
+        Wire::OpenAi => e.body(),
+        Wire::Anthropic => translate::openai_error_to_anthropic(status, &e.body()),
+    };
     respond(
         down,
         ctx,
         status,
         &[("content-type", b"application/json")],
-        e.body(),
+        body,
         keep_alive,
     )
     .await
@@ -301,7 +306,7 @@ where
         core.metrics.upstream_error(upstream_index(ctx), e.kind);
         return respond_error(down, ctx, &e, keep_alive).await;
     }
-    let status = response.head.status;
+    let mut status = response.head.status;
     if (200..300).contains(&status) {
         let _ = core.chain.on_event(ctx, &body);
     } else {
@@ -311,6 +316,37 @@ where
         ));
         core.metrics
             .upstream_error(upstream_index(ctx), ErrorKind::UpstreamStatus);
+    }
+    // The answer in the client's wire format.
+    let requested = ctx.model_requested.clone().unwrap_or_default();
+    let success = (200..300).contains(&status);
+    let translated = match (ctx.client_wire, ctx.upstream_wire, success) {
+        (Wire::OpenAi, Wire::Anthropic, true) => {
+            Some(translate::anthropic_response_to_openai(&body, &requested))
+        }
+        (Wire::Anthropic, Wire::OpenAi, true) => {
+            Some(translate::openai_response_to_anthropic(&body, &requested))
+        }
+        (Wire::OpenAi, Wire::Anthropic, false) => {
+            let converted = translate::anthropic_error_to_openai(status, &body);
+            status = translate::openai_status_for_anthropic(status);
+            Some(Ok(converted))
+        }
+        (Wire::Anthropic, Wire::OpenAi, false) => {
+            Some(Ok(translate::openai_error_to_anthropic(status, &body)))
+        }
+        _ => None,
+    };
+    match translated {
+        Some(Ok(converted)) => body = converted,
+        Some(Err(e)) => {
+            let e = Error::new(
+                ErrorKind::UpstreamProtocol,
+                format!("cannot translate the provider's answer: {e}"),
+            );
+            return respond_error(down, ctx, &e, keep_alive).await;
+        }
+        None => {}
     }
     let mut out = Vec::with_capacity(512 + body.len());
     client_head(
@@ -350,6 +386,8 @@ where
     let mut client_closed = std::pin::pin!(watch.closed());
     let mut reader = BodyReader::new(response.head.body);
     let mut splitter = SseSplitter::new();
+    let mut translator = StreamTranslator::for_request(ctx);
+    let mut translated = Vec::new();
     let mut plain = Vec::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(8 * 1024);
     client_head(
@@ -383,13 +421,31 @@ where
         }
         while let Some(event) = splitter.next_event() {
             let parsed = sse::parse_event(event);
-            if core.chain.on_event(ctx, &parsed.data) == Verdict::Forward {
-                http::encode_chunk(event, &mut out);
+            let verdict = core.chain.on_event(ctx, &parsed.data);
+            match &mut translator {
+                None if verdict == Verdict::Forward => http::encode_chunk(event, &mut out),
+                None => {}
+                Some(t) => {
+                    translated.clear();
+                    if let Err(e) = t.on_event(parsed.event, &parsed.data, &mut translated) {
+                        failure.get_or_insert(Error::new(
+                            ErrorKind::UpstreamProtocol,
+                            format!("cannot translate the provider's stream: {e}"),
+                        ));
+                    }
+                    http::encode_chunk(&translated, &mut out);
+                }
             }
         }
         if done {
-            if let Some(e) = &failure {
-                stream_error_event(e, &mut out);
+            match (&failure, &mut translator) {
+                (Some(e), _) => stream_error_event(e, ctx.client_wire, &mut out),
+                (None, Some(t)) => {
+                    translated.clear();
+                    t.finish(&mut translated);
+                    http::encode_chunk(&translated, &mut out);
+                }
+                (None, None) => {}
             }
             out.extend_from_slice(http::LAST_CHUNK);
         }
@@ -469,9 +525,61 @@ fn reader_force_done(reader: &mut BodyReader) {
 }
 
 /// An SSE error event in OpenAI's shape, so SDKs raise it as an APIError.
-fn stream_error_event(e: &Error, out: &mut Vec<u8>) {
-    let mut event = b"data: ".to_vec();
-    event.extend_from_slice(&error_body(e.kind, &e.message));
-    event.extend_from_slice(b"\n\n");
+/// An SSE error event in the client's wire format, so SDKs raise it.
+fn stream_error_event(e: &Error, wire: Wire, out: &mut Vec<u8>) {
+    let mut event = Vec::new();
+    match wire {
+        Wire::OpenAi => {
+            event.extend_from_slice(b"data: ");
+            event.extend_from_slice(&error_body(e.kind, &e.message));
+            event.extend_from_slice(b"\n\n");
+        }
+        Wire::Anthropic => {
+            let kind = translate::anthropic_error_type(e.kind.reply().status);
+            translate::push_anthropic_error_event(&mut event, kind, &e.message);
+        }
+    }
     http::encode_chunk(&event, out);
+}
+
+/// Rewrites a stream event by event when client and provider speak
+/// different wire formats.
+enum StreamTranslator {
+    ToOpenAi(translate::AnthropicToOpenAiStream),
+    ToAnthropic(translate::OpenAiToAnthropicStream),
+}
+
+impl StreamTranslator {
+    fn for_request(ctx: &RequestCtx) -> Option<Self> {
+        let model = ctx.model_requested.as_deref().unwrap_or("");
+        match (ctx.client_wire, ctx.upstream_wire) {
+            (Wire::OpenAi, Wire::Anthropic) => Some(StreamTranslator::ToOpenAi(
+                translate::AnthropicToOpenAiStream::new(model, ctx.client_wants_usage),
+            )),
+            (Wire::Anthropic, Wire::OpenAi) => Some(StreamTranslator::ToAnthropic(
+                translate::OpenAiToAnthropicStream::new(model),
+            )),
+            _ => None,
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        event: Option<&[u8]>,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), translate::TranslateError> {
+        match self {
+            StreamTranslator::ToOpenAi(t) => t.on_event(event, data, out),
+            StreamTranslator::ToAnthropic(t) => t.on_event(event, data, out),
+        }
+    }
+
+    /// Close the translated stream (its last events) at the upstream's end.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        let _ = match self {
+            StreamTranslator::ToOpenAi(t) => t.finish(out),
+            StreamTranslator::ToAnthropic(t) => t.finish(out),
+        };
+    }
 }

@@ -14,7 +14,8 @@ use sluice_config::Config;
 
 use crate::body;
 use crate::error::{Error, ErrorKind};
-use crate::filter::{Endpoint, Filter, Request, RequestCtx};
+use crate::filter::{Endpoint, Filter, Request, RequestCtx, Wire};
+use crate::translate;
 
 pub struct Route {
     config: Arc<Config>,
@@ -60,11 +61,50 @@ impl Filter for Route {
         }
         ctx.model = Some(index);
         ctx.provider = Some(model.provider);
-        // Only chat and completions stream; embeddings never do.
-        let force_usage = ctx.stream && ctx.endpoint != Some(Endpoint::Embeddings);
-        ctx.upstream_body = match body::rewrite(&req.body, &model.upstream_model, force_usage) {
-            Some(rewritten) => rewritten,
+        let endpoint = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions);
+        let provider = &self.config.providers[model.provider];
+        ctx.client_wire = endpoint.wire();
+        ctx.upstream_wire = if provider.kind.is_anthropic() {
+            Wire::Anthropic
+        } else {
+            Wire::OpenAi
+        };
+        if ctx.upstream_wire == Wire::Anthropic
+            && !matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Messages)
+        {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "model '{}' is served by an Anthropic provider, which has no {} endpoint",
+                    model.name,
+                    endpoint.as_str()
+                ),
+            ));
+        }
+        // Only OpenAI-shaped chat and completions streams need asking for usage.
+        let force_usage =
+            ctx.stream && ctx.upstream_wire == Wire::OpenAi && endpoint != Endpoint::Embeddings;
+        let translated = match (ctx.client_wire, ctx.upstream_wire) {
+            (Wire::OpenAi, Wire::Anthropic) => Some(translate::openai_to_anthropic(
+                &req.body,
+                self.config.quota.default_max_tokens.min(u32::MAX as u64) as u32,
+            )),
+            (Wire::Anthropic, Wire::OpenAi) => Some(translate::anthropic_to_openai(&req.body)),
+            _ => None,
+        };
+        let body = match translated {
+            Some(Ok(body)) => body,
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::BadRequest,
+                    format!("cannot translate the request: {e}"),
+                ))
+            }
             None => std::mem::take(&mut req.body),
+        };
+        ctx.upstream_body = match body::rewrite(&body, &model.upstream_model, force_usage) {
+            Some(rewritten) => rewritten,
+            None => body,
         };
         Ok(())
     }

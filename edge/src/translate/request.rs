@@ -619,38 +619,36 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
     let messages = take_array(&mut req, "messages", "")?
         .ok_or_else(|| TranslateError::invalid("messages", "required array is missing"))?;
     let mut system: Vec<String> = Vec::new();
-    let mut system_parts = false;
+    // `system` stays a plain string only for exactly one string message.
+    let mut system_blocks = false;
     let mut turns: Vec<Turn> = Vec::with_capacity(messages.len());
     for (i, message) in messages.into_iter().enumerate() {
         let path = format!("messages[{i}]");
         let mut m = into_object(message, &path)?;
         let role = take_string(&mut m, "role", &path)?;
         match role.as_str() {
-            "system" | "developer" => {
-                system_parts |= !system.is_empty();
-                match m.remove("content") {
-                    Some(Value::String(s)) => system.push(s),
-                    Some(Value::Array(parts)) => {
-                        system_parts = true;
-                        for (j, part) in parts.into_iter().enumerate() {
-                            let ppath = format!("{path}.content[{j}]");
-                            let mut p = into_object(part, &ppath)?;
-                            match block_type(&p, &ppath)?.as_str() {
-                                "text" => system.push(take_string(&mut p, "text", &ppath)?),
-                                other => {
-                                    return Err(TranslateError::unsupported(
-                                        ppath,
-                                        format!(
-                                            "part type '{other}' is not allowed in a system prompt"
-                                        ),
-                                    ))
-                                }
+            "system" | "developer" => match m.remove("content") {
+                Some(Value::String(s)) => system.push(s),
+                Some(Value::Array(parts)) => {
+                    system_blocks = true;
+                    for (j, part) in parts.into_iter().enumerate() {
+                        let ppath = format!("{path}.content[{j}]");
+                        let mut p = into_object(part, &ppath)?;
+                        match block_type(&p, &ppath)?.as_str() {
+                            "text" => system.push(take_string(&mut p, "text", &ppath)?),
+                            other => {
+                                return Err(TranslateError::unsupported(
+                                    ppath,
+                                    format!(
+                                        "part type '{other}' is not allowed in a system prompt"
+                                    ),
+                                ))
                             }
                         }
                     }
-                    v => return Err(content_error(&path, v.as_ref())),
                 }
-            }
+                v => return Err(content_error(&path, v.as_ref())),
+            },
             "user" => {
                 let (text, blocks) = match m.remove("content") {
                     Some(Value::String(s)) => (Some(s), Vec::new()),
@@ -683,7 +681,7 @@ pub fn openai_to_anthropic(body: &[u8], default_max_tokens: u32) -> Result<Vec<u
             }
         }
     }
-    match (system.len(), system_parts) {
+    match (system.len(), system_blocks) {
         (0, _) => {}
         (1, false) => {
             out.insert("system".into(), Value::String(system.remove(0)));
