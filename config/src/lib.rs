@@ -8,7 +8,8 @@
 //! then `validation` checks everything at once and builds the typed values
 //! below (`SocketAddr`, `Duration`, `NonZeroUsize`, `BaseUrl`, key hashes,
 //! model -> provider indices, per-consumer [`LimitSet`]s with the defaults
-//! merged in, budgets in integer micro-units). Findings that do not stop the
+//! merged in, budgets in integer micro-units, upstream key pools, fallback
+//! [`Target`]s and the [`Retry`] policy). Findings that do not stop the
 //! gateway, such as a plain-text consumer key, land in [`Config::warnings`].
 //!
 //! Nothing here opens sockets or spawns threads; the only I/O is reading the
@@ -19,6 +20,7 @@
 mod base_url;
 mod cluster;
 mod error;
+mod failover;
 mod quota;
 mod raw;
 mod span;
@@ -29,7 +31,7 @@ mod tests;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,6 +40,7 @@ use sha2::{Digest, Sha256};
 pub use base_url::BaseUrl;
 pub use cluster::{Cluster, RedisUrl};
 pub use error::{ConfigError, ConfigErrors};
+pub use failover::{FallbackOn, KeySelection, Retry, StatusMatch, Target, UpstreamKey};
 pub use quota::{LimitSet, Price, Quota};
 
 /// A validated configuration. Built only by [`Config::from_toml_str`] and
@@ -56,6 +59,8 @@ pub struct Config {
     pub providers: Vec<Provider>,
     /// Public models; never empty, names unique.
     pub models: Vec<Model>,
+    /// How failed requests are retried and fall back, for every model.
+    pub retry: Retry,
     /// Who may call the gateway; may be empty.
     pub consumers: Vec<Consumer>,
     /// The audit log.
@@ -169,9 +174,22 @@ pub struct Provider {
     pub kind: ProviderKind,
     /// Where the server is and which path prefix it uses.
     pub base_url: BaseUrl,
-    /// Key sent upstream as `Authorization: Bearer`; `None` sends none.
-    /// Comes from `api_key` or from the variable named by `key_env`.
+    /// The first key of [`Provider::keys`]; `None` when the pool is empty
+    /// (no key is sent). Kept for code that uses one key per provider.
     pub api_key: Option<String>,
+    /// The key pool: the key from `api_key` or `key_env` (id
+    /// [`UpstreamKey::PRIMARY_ID`]) first, then `api_keys` in order. Sent
+    /// as the kind's auth header (`Authorization: Bearer`, `api-key`,
+    /// `x-api-key`); empty when the provider needs none.
+    pub keys: Vec<UpstreamKey>,
+    /// How a request picks a key from [`Provider::keys`]; default round robin.
+    pub key_selection: KeySelection,
+    /// How long a key rests after a 429 without `Retry-After`, a 401 or a
+    /// 403; default 60 s.
+    pub key_cooldown: Duration,
+    /// Requests in flight to this provider from this node; `None` =
+    /// unlimited. A full provider is skipped like one whose circuit is open.
+    pub max_concurrency: Option<NonZeroU64>,
     /// TCP (and TLS) connect timeout; default 5 s.
     pub connect_timeout: Duration,
     /// From request sent to response head received; default 60 s.
@@ -195,6 +213,10 @@ impl fmt::Debug for Provider {
             .field("kind", &self.kind)
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("keys", &self.keys)
+            .field("key_selection", &self.key_selection)
+            .field("key_cooldown", &self.key_cooldown)
+            .field("max_concurrency", &self.max_concurrency)
             .field("connect_timeout", &self.connect_timeout)
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -269,7 +291,26 @@ pub struct Model {
     /// Tokenizer used to count its tokens.
     pub encoding: Encoding,
     /// What its tokens cost; `None` = nothing (never spends a budget).
+    /// Charged whichever target serves the request.
     pub price: Option<Price>,
+    /// Targets tried in order after the primary one (`provider`,
+    /// `upstream_model`); may be empty.
+    pub fallbacks: Vec<Target>,
+    /// Which failures move a request on to the next attempt.
+    pub fallback_on: FallbackOn,
+    /// Used instead of failing when no target can take the request (every
+    /// circuit open or every provider at `max_concurrency`); `None` fails.
+    pub degrade_to: Option<Target>,
+}
+
+impl Model {
+    /// The primary target: [`Model::provider`] with [`Model::upstream_model`].
+    pub fn primary(&self) -> Target {
+        Target {
+            provider: self.provider,
+            upstream_model: self.upstream_model.clone(),
+        }
+    }
 }
 
 /// A tiktoken encoding.

@@ -6,7 +6,8 @@
 //! Keys the file may leave out are `Option` or `#[serde(default)]`; even keys
 //! that are required are `Option` here, so that a missing one is reported by
 //! `validate` together with every other finding instead of stopping serde.
-//! Enumerations (`kind`, `encoding`) stay strings for the same reason.
+//! Enumerations (`kind`, `encoding`, `key_selection`, `fallback_on`) stay
+//! strings for the same reason.
 //! Nothing here is used outside this crate: `validate` turns it into `Config`.
 
 use std::collections::BTreeMap;
@@ -47,6 +48,9 @@ pub(crate) struct RawConfig {
     pub quota: RawQuota,
     /// `[cluster]`: share quota state through Redis; absent = standalone.
     pub cluster: Option<RawCluster>,
+    /// `[retry]`: how often and how fast a failed request is tried again.
+    #[serde(default)]
+    pub retry: RawRetry,
 }
 
 /// One `[[listeners]]` entry.
@@ -123,10 +127,21 @@ pub(crate) struct RawProvider {
     pub kind: Option<String>,
     /// `http(s)://host[:port][/prefix]`; required.
     pub base_url: Option<String>,
-    /// The upstream key written inline; excludes `key_env`.
+    /// The upstream key written inline (key id `"primary"`); excludes
+    /// `key_env`.
     pub api_key: Option<String>,
-    /// Name of an environment variable holding the upstream key.
+    /// Name of an environment variable holding the upstream key (key id
+    /// `"primary"`).
     pub key_env: Option<String>,
+    /// `api_keys = [{ id = "k2", key_env = "VAR" }]`: more keys for the
+    /// pool, after the primary one.
+    #[serde(default)]
+    pub api_keys: Vec<RawUpstreamKey>,
+    /// `"round_robin"` (the default) or `"least_in_flight"`.
+    pub key_selection: Option<String>,
+    /// How long a key rests after a 429 without `Retry-After`, a 401 or a
+    /// 403; default 60000.
+    pub key_cooldown_ms: Option<u64>,
     /// TCP (and TLS) connect timeout; default 5000.
     pub connect_timeout_ms: Option<u64>,
     /// From request sent to response head received; default 60000.
@@ -139,6 +154,21 @@ pub(crate) struct RawProvider {
     pub max_idle_connections: Option<u64>,
     /// `api-version` (azure-openai) or `anthropic-version` (anthropic).
     pub api_version: Option<String>,
+    /// Requests in flight to this provider from this node; absent =
+    /// unlimited, else > 0.
+    pub max_concurrency: Option<u64>,
+}
+
+/// One entry of a provider's `api_keys` array.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamKey {
+    /// Label for logs and metrics; required, unique within the provider.
+    pub id: Option<String>,
+    /// Name of an environment variable holding the key; excludes `key`.
+    pub key_env: Option<String>,
+    /// The key itself (accepted with a warning); excludes `key_env`.
+    pub key: Option<String>,
 }
 
 /// One `[[models]]` entry.
@@ -155,6 +185,27 @@ pub(crate) struct RawModel {
     pub encoding: Option<String>,
     /// `price = { input_per_million = 0.15, ... }`; absent = costs nothing.
     pub price: Option<RawPrice>,
+    /// `fallbacks = [{ provider = "azure", model = "gpt4o" }]`: targets
+    /// tried in order after the primary one.
+    #[serde(default)]
+    pub fallbacks: Vec<RawTarget>,
+    /// Failures that move a request on: status codes (`"429"`), classes
+    /// (`"4xx"`, `"5xx"`), `"connect"`, `"timeout"`; default
+    /// `["429", "5xx", "connect", "timeout"]`.
+    pub fallback_on: Option<Vec<String>>,
+    /// `degrade_to = { provider = "openai", model = "gpt-4o-mini" }`: used
+    /// instead of failing when no target can take the request.
+    pub degrade_to: Option<RawTarget>,
+}
+
+/// One entry of a model's `fallbacks`, or its `degrade_to`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTarget {
+    /// Name of the provider; required.
+    pub provider: Option<String>,
+    /// Model name sent to it; default: the model's `upstream_model`.
+    pub model: Option<String>,
 }
 
 /// A model's `price` table, in `quota.currency` per million tokens.
@@ -318,4 +369,20 @@ pub(crate) struct RawCluster {
     pub on_redis_down: Option<String>,
     /// TCP connect timeout to Redis; default 500.
     pub connect_timeout_ms: Option<u64>,
+}
+
+/// The `[retry]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    /// Attempts per request across all targets, the first included;
+    /// default 3, 1..=10.
+    pub max_attempts: Option<u64>,
+    /// Largest share of requests that may be retries (over about 10 s);
+    /// default 0.2, 0..=1.
+    pub budget_ratio: Option<f64>,
+    /// First backoff before retrying the same provider; default 50.
+    pub backoff_base_ms: Option<u64>,
+    /// Longest backoff; default 2000, >= `backoff_base_ms`.
+    pub backoff_max_ms: Option<u64>,
 }

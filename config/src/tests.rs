@@ -11,7 +11,10 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{sha256_hex, Config, ConfigErrors, Encoding, LimitSet, Price, ProviderKind};
+use crate::{
+    sha256_hex, Config, ConfigErrors, Encoding, FallbackOn, KeySelection, LimitSet, Price,
+    ProviderKind, Retry, StatusMatch, Target, UpstreamKey,
+};
 
 /// The smallest valid config: one listener, provider and model.
 const MINIMAL: &str = r#"
@@ -603,6 +606,7 @@ fn every_example_loads() {
         ("OPENAI_API_KEY", "sk-test-placeholder"),
         ("SLUICE_ADMIN_TOKEN", "admin-test-placeholder"),
         ("SLUICE_REDIS_URL", "redis://:placeholder@127.0.0.1:6379/0"),
+        ("ANTHROPIC_API_KEY", "sk-ant-test-placeholder"),
     ] {
         if std::env::var_os(var).is_none() {
             std::env::set_var(var, value);
@@ -619,7 +623,15 @@ fn every_example_loads() {
         }
     }
     names.sort();
-    assert_eq!(names, ["cluster.toml", "openai.toml", "quickstart.toml"]);
+    assert_eq!(
+        names,
+        [
+            "cluster.toml",
+            "fallback.toml",
+            "openai.toml",
+            "quickstart.toml"
+        ]
+    );
 }
 
 #[test]
@@ -1391,5 +1403,610 @@ fn cluster_defaults() {
             "cluster.lease_ttl_ms",
         ],
         "\n{e}"
+    );
+}
+
+// ----- key pools, fallback chains, retries ------------------------------------
+
+/// The issue's sample: a key pool, a fallback chain with `degrade_to`, and
+/// `[retry]`, with the values it documents. `@KEY_VAR@` and `@KEY2_VAR@`
+/// are replaced by unique variable names.
+const FAILOVER: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[[providers]]
+name = "openai"
+base_url = "https://api.openai.com/v1"
+key_env = "@KEY_VAR@"
+api_keys = [ { id = "k2", key_env = "@KEY2_VAR@" }, { id = "k3", key = "sk-inline" } ]
+key_selection = "round_robin"
+key_cooldown_ms = 60000
+max_concurrency = 200
+
+[[providers]]
+name = "azure"
+kind = "azure-openai"
+base_url = "https://example.openai.azure.com"
+api_key = "azure-key"
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "https://api.anthropic.com"
+api_key = "anthropic-key"
+key_selection = "least_in_flight"
+key_cooldown_ms = 1500
+
+[[models]]
+name = "gpt-4o"
+provider = "openai"
+upstream_model = "gpt-4o-2024-08-06"
+fallbacks = [ { provider = "azure", model = "gpt4o-deploy" }, { provider = "anthropic", model = "claude-sonnet-4-5" } ]
+fallback_on = ["429", "5xx", "connect", "timeout"]
+degrade_to = { provider = "openai", model = "gpt-4o-mini" }
+
+[retry]
+max_attempts = 3
+budget_ratio = 0.2
+backoff_base_ms = 50
+backoff_max_ms = 2000
+"#;
+
+/// FAILOVER with its two key variables set to `sk-primary` and `sk-second`.
+fn failover_source(tag: &str) -> String {
+    let key = unique_var(&format!("{tag}_KEY"));
+    let key2 = unique_var(&format!("{tag}_KEY2"));
+    std::env::set_var(&key, "sk-primary");
+    std::env::set_var(&key2, "sk-second");
+    FAILOVER
+        .replace("@KEY_VAR@", &key)
+        .replace("@KEY2_VAR@", &key2)
+}
+
+/// `UpstreamKey`s from (id, key) pairs.
+fn upstream_keys(pairs: &[(&str, &str)]) -> Vec<UpstreamKey> {
+    pairs
+        .iter()
+        .map(|(id, key)| UpstreamKey {
+            id: id.to_string(),
+            key: key.to_string(),
+        })
+        .collect()
+}
+
+/// MINIMAL with `provider` lines added to its provider and `model` lines
+/// to its model, plus a second provider "backup".
+fn with_failover(provider: &str, model: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+         [[providers]]\nname = \"mock\"\nbase_url = \"http://127.0.0.1:9000/v1\"\n{provider}\n\
+         [[providers]]\nname = \"backup\"\nbase_url = \"http://127.0.0.1:9002/v1\"\n\
+         [[models]]\nname = \"gpt-4o-mini\"\nprovider = \"mock\"\n{model}\n"
+    )
+}
+
+#[test]
+fn failover_sample_is_read() {
+    let config = ok(&failover_source("FAILOVER"));
+
+    let openai = &config.providers[0];
+    assert_eq!(
+        openai.keys,
+        upstream_keys(&[
+            ("primary", "sk-primary"),
+            ("k2", "sk-second"),
+            ("k3", "sk-inline")
+        ])
+    );
+    // `api_key` stays the first key of the pool.
+    assert_eq!(openai.api_key.as_deref(), Some("sk-primary"));
+    assert_eq!(openai.key_selection, KeySelection::RoundRobin);
+    assert_eq!(openai.key_cooldown, Duration::from_secs(60));
+    assert_eq!(openai.max_concurrency, NonZeroU64::new(200));
+
+    let anthropic = &config.providers[2];
+    assert_eq!(
+        anthropic.keys,
+        upstream_keys(&[("primary", "anthropic-key")])
+    );
+    assert_eq!(anthropic.key_selection, KeySelection::LeastInFlight);
+    assert_eq!(anthropic.key_cooldown, Duration::from_millis(1500));
+    assert_eq!(anthropic.max_concurrency, None);
+
+    let model = &config.models[0];
+    assert_eq!(
+        model.primary(),
+        Target {
+            provider: 0,
+            upstream_model: "gpt-4o-2024-08-06".into()
+        }
+    );
+    assert_eq!(
+        model.fallbacks,
+        [
+            Target {
+                provider: 1,
+                upstream_model: "gpt4o-deploy".into()
+            },
+            Target {
+                provider: 2,
+                upstream_model: "claude-sonnet-4-5".into()
+            },
+        ]
+    );
+    assert_eq!(model.fallback_on, FallbackOn::default());
+    assert_eq!(
+        model.degrade_to,
+        Some(Target {
+            provider: 0,
+            upstream_model: "gpt-4o-mini".into()
+        })
+    );
+
+    assert_eq!(
+        config.retry,
+        Retry {
+            max_attempts: 3,
+            budget_ratio: 0.2,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+        }
+    );
+    assert_eq!(
+        config.warnings,
+        ["providers[0].api_keys[1]: plain-text key in the config file; use key_env instead"]
+    );
+
+    // No key of the pool leaks through Debug.
+    let debug = format!("{config:?}");
+    for key in ["sk-primary", "sk-second", "sk-inline", "azure-key"] {
+        assert!(!debug.contains(key), "{key} in {debug}");
+    }
+    assert!(debug.contains("id: \"k3\", key: \"<redacted>\""), "{debug}");
+}
+
+#[test]
+fn failover_defaults() {
+    let config = ok(MINIMAL);
+    let provider = &config.providers[0];
+    assert!(provider.keys.is_empty());
+    assert_eq!(provider.api_key, None);
+    assert_eq!(provider.key_selection, KeySelection::RoundRobin);
+    assert_eq!(provider.key_cooldown, Duration::from_secs(60));
+    assert_eq!(provider.max_concurrency, None);
+
+    let model = &config.models[0];
+    assert!(model.fallbacks.is_empty());
+    assert_eq!(model.degrade_to, None);
+    assert_eq!(
+        model.fallback_on,
+        FallbackOn {
+            statuses: vec![StatusMatch::Code(429), StatusMatch::Class(5)],
+            connect: true,
+            timeout: true,
+        }
+    );
+
+    assert_eq!(config.retry, Retry::default());
+    assert_eq!(config.retry.max_attempts, 3);
+    assert_eq!(config.retry.budget_ratio, 0.2);
+    assert_eq!(config.retry.backoff_base, Duration::from_millis(50));
+    assert_eq!(config.retry.backoff_max, Duration::from_millis(2000));
+
+    // A single inline key is the whole pool, with id "primary" and no
+    // warning (unlike `api_keys[].key`).
+    let config = ok(&with_failover("api_key = \"sk-one\"", ""));
+    assert_eq!(
+        config.providers[0].keys,
+        upstream_keys(&[("primary", "sk-one")])
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn pool_without_primary_key() {
+    let var = unique_var("POOL_ONLY");
+    std::env::set_var(&var, "sk-env");
+    let config = ok(&with_failover(
+        &format!(
+            "api_keys = [{{ id = \"primary\", key_env = \"{var}\" }}, {{ id = \"b\", key = \"sk-b\" }}]"
+        ),
+        "",
+    ));
+    let provider = &config.providers[0];
+    // Without api_key/key_env, "primary" is free and api_key is the first
+    // entry's key.
+    assert_eq!(
+        provider.keys,
+        upstream_keys(&[("primary", "sk-env"), ("b", "sk-b")])
+    );
+    assert_eq!(provider.api_key.as_deref(), Some("sk-env"));
+
+    // An explicitly empty pool sends no key.
+    let config = ok(&with_failover("api_keys = []", ""));
+    assert!(config.providers[0].keys.is_empty());
+    assert_eq!(config.providers[0].api_key, None);
+}
+
+#[test]
+fn key_pool_errors_have_paths() {
+    let missing = unique_var("POOL_MISSING");
+    std::env::remove_var(&missing);
+    let bad = unique_var("POOL_BAD");
+    std::env::set_var(&bad, "sk one");
+    let e = errors(&with_failover(
+        &format!(
+            "api_key = \"sk-a\"\n\
+             api_keys = [\n\
+               {{ id = \"primary\", key = \"sk-b\" }},\n\
+               {{ id = \"x\", key = \"sk-c\" }},\n\
+               {{ id = \"x\", key = \"sk-d\" }},\n\
+               {{ id = \"y\" }},\n\
+               {{ id = \"z\", key = \"sk-e\", key_env = \"E\" }},\n\
+               {{ key = \"sk-f\" }},\n\
+               {{ id = \" \", key = \"sk-g\" }},\n\
+               {{ id = \"empty\", key = \"\" }},\n\
+               {{ id = \"unset\", key_env = \"{missing}\" }},\n\
+               {{ id = \"spaces\", key_env = \"{bad}\" }},\n\
+               {{ id = \"same\", key = \"sk-a\" }},\n\
+               {{ id = \"again\", key = \"sk-c\" }},\n\
+             ]\n\
+             key_selection = \"random\"\n\
+             key_cooldown_ms = 0\n\
+             max_concurrency = 0"
+        ),
+        "",
+    ));
+    let expected = [
+        "providers[0].api_keys[0].id",
+        "providers[0].api_keys[2].id",
+        "providers[0].api_keys[3]",
+        "providers[0].api_keys[4]",
+        "providers[0].api_keys[5].id",
+        "providers[0].api_keys[6].id",
+        "providers[0].api_keys[7].key",
+        "providers[0].api_keys[8].key_env",
+        "providers[0].api_keys[9].key_env",
+        "providers[0].api_keys[10]",
+        "providers[0].api_keys[11]",
+        "providers[0].key_selection",
+        "providers[0].key_cooldown_ms",
+        "providers[0].max_concurrency",
+    ];
+    assert_eq!(e.paths(), expected, "\n{e}");
+
+    let message = |path: &str| {
+        e.0.iter()
+            .find(|err| err.path == path)
+            .map(|err| err.message.clone())
+            .unwrap()
+    };
+    assert!(message("providers[0].api_keys[0].id").contains("\"primary\" is the id of the key"));
+    assert!(message("providers[0].api_keys[2].id")
+        .contains("duplicate id \"x\" (also providers[0].api_keys[1])"));
+    assert!(message("providers[0].api_keys[3]").starts_with("set key_env"));
+    assert!(message("providers[0].api_keys[4]").contains("either key_env or key, not both"));
+    assert!(message("providers[0].api_keys[5].id").starts_with("missing"));
+    assert!(message("providers[0].api_keys[7].key").contains("the key is empty"));
+    assert!(message("providers[0].api_keys[8].key_env").contains("is not set"));
+    assert!(message("providers[0].api_keys[9].key_env").contains("visible ASCII"));
+    assert!(message("providers[0].api_keys[10]").contains("same key as providers[0].api_key"));
+    assert!(message("providers[0].api_keys[11]").contains("same key as providers[0].api_keys[1]"));
+    assert!(message("providers[0].key_selection")
+        .contains("unknown value \"random\"; expected \"round_robin\" or \"least_in_flight\""));
+    // The bad key itself is never repeated.
+    assert!(!e.to_string().contains("sk one"), "{e}");
+
+    // The primary key and a pool entry may not share an id "primary" even
+    // when the primary comes from key_env.
+    let var = unique_var("POOL_PRIMARY");
+    std::env::set_var(&var, "sk-env");
+    let e = errors(&with_failover(
+        &format!("key_env = \"{var}\"\napi_keys = [{{ id = \"primary\", key = \"sk-b\" }}]"),
+        "",
+    ));
+    assert_eq!(e.paths(), ["providers[0].api_keys[0].id"], "\n{e}");
+}
+
+#[test]
+fn fallback_errors_have_paths() {
+    let e = errors(&with_failover(
+        "",
+        "fallbacks = [\n\
+           { provider = \"backup\" },\n\
+           { provider = \"nope\", model = \"m\" },\n\
+           { model = \"m\" },\n\
+           { provider = \"backup\", model = \"\" },\n\
+           { provider = \"ghost\", model = \" \" },\n\
+         ]\n\
+         fallback_on = [\"429\", \"5xx\", \"302\", \"600\", \"2xx\", \"4XX\", \"connect\", \"timeouts\", \"\", \"0429\", \"reset\"]\n\
+         degrade_to = { provider = \"gone\", model = \"\" }",
+    ));
+    let expected = [
+        "models[0].fallbacks[1].provider",
+        "models[0].fallbacks[2].provider",
+        "models[0].fallbacks[3].model",
+        "models[0].fallbacks[4].provider",
+        "models[0].fallbacks[4].model",
+        "models[0].fallback_on[2]",
+        "models[0].fallback_on[3]",
+        "models[0].fallback_on[4]",
+        "models[0].fallback_on[5]",
+        "models[0].fallback_on[7]",
+        "models[0].fallback_on[8]",
+        "models[0].fallback_on[9]",
+        "models[0].fallback_on[10]",
+        "models[0].degrade_to.provider",
+        "models[0].degrade_to.model",
+    ];
+    assert_eq!(e.paths(), expected, "\n{e}");
+
+    let message = |path: &str| {
+        e.0.iter()
+            .find(|err| err.path == path)
+            .map(|err| err.message.clone())
+            .unwrap()
+    };
+    assert!(message("models[0].fallbacks[1].provider")
+        .contains("unknown provider \"nope\"; configured: \"mock\", \"backup\""));
+    assert!(message("models[0].fallbacks[2].provider").starts_with("missing"));
+    assert!(message("models[0].fallbacks[3].model").starts_with("must not be empty"));
+    assert!(message("models[0].fallback_on[2]").starts_with("\"302\" is not an error status"));
+    assert!(message("models[0].fallback_on[3]").starts_with("\"600\" is not an error status"));
+    assert!(message("models[0].fallback_on[7]").starts_with(
+        "unknown entry \"timeouts\"; expected a status code 400..=599 such as \"429\", \"4xx\", \
+         \"5xx\", \"connect\" or \"timeout\""
+    ));
+    assert!(message("models[0].fallback_on[10]").contains("\"reset\""));
+    assert!(message("models[0].degrade_to.provider").contains("unknown provider \"gone\""));
+}
+
+#[test]
+fn fallback_targets_default_to_upstream_model() {
+    let config = ok(&with_failover(
+        "",
+        "upstream_model = \"real-mini\"\n\
+         fallbacks = [{ provider = \"backup\" }, { provider = \"mock\", model = \"other\" }]\n\
+         degrade_to = { provider = \"backup\" }",
+    ));
+    let model = &config.models[0];
+    assert_eq!(
+        model.fallbacks,
+        [
+            Target {
+                provider: 1,
+                upstream_model: "real-mini".into()
+            },
+            Target {
+                provider: 0,
+                upstream_model: "other".into()
+            },
+        ]
+    );
+    assert_eq!(
+        model.degrade_to,
+        Some(Target {
+            provider: 1,
+            upstream_model: "real-mini".into()
+        })
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+
+    // Without upstream_model the public name is the default, as for the
+    // primary target.
+    let config = ok(&with_failover(
+        "",
+        "fallbacks = [{ provider = \"backup\" }]",
+    ));
+    assert_eq!(config.models[0].fallbacks[0].upstream_model, "gpt-4o-mini");
+}
+
+#[test]
+fn fallback_repeating_a_target_warns() {
+    let config = ok(&with_failover(
+        "",
+        "fallbacks = [{ provider = \"mock\" }, { provider = \"backup\" }, \
+         { provider = \"backup\", model = \"gpt-4o-mini\" }]",
+    ));
+    assert_eq!(config.models[0].fallbacks.len(), 3);
+    assert_eq!(
+        config.warnings,
+        [
+            "models[0].fallbacks[0]: same provider and model as the primary target of models[0]; \
+             retry.max_attempts already retries a target, so this entry only uses up attempts",
+            "models[0].fallbacks[2]: same provider and model as models[0].fallbacks[1]; \
+             retry.max_attempts already retries a target, so this entry only uses up attempts",
+        ]
+    );
+}
+
+#[test]
+fn fallback_on_entries_are_parsed() {
+    let config = ok(&with_failover(
+        "",
+        "fallback_on = [\"401\", \"4xx\", \"599\", \"400\", \"timeout\", \"401\"]",
+    ));
+    let on = &config.models[0].fallback_on;
+    // In config order, repeats dropped.
+    assert_eq!(
+        on.statuses,
+        [
+            StatusMatch::Code(401),
+            StatusMatch::Class(4),
+            StatusMatch::Code(599),
+            StatusMatch::Code(400)
+        ]
+    );
+    assert!(on.timeout && !on.connect);
+    assert!(on.status(401) && on.status(404) && on.status(599));
+    assert!(!on.status(500) && !on.status(200));
+
+    // An empty list is allowed: no failure moves a request on.
+    let config = ok(&with_failover("", "fallback_on = []"));
+    let on = &config.models[0].fallback_on;
+    assert!(on.statuses.is_empty() && !on.connect && !on.timeout);
+    assert!(!on.status(503));
+}
+
+#[test]
+fn retry_ranges() {
+    let retry = |lines: &str| format!("{MINIMAL}[retry]\n{lines}\n");
+
+    // Bounds are inclusive.
+    let config = ok(&retry(
+        "max_attempts = 1\nbudget_ratio = 0.0\nbackoff_base_ms = 1\nbackoff_max_ms = 1",
+    ));
+    assert_eq!(
+        config.retry,
+        Retry {
+            max_attempts: 1,
+            budget_ratio: 0.0,
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+        }
+    );
+    let config = ok(&retry(
+        "max_attempts = 10\nbudget_ratio = 1.0\nbackoff_base_ms = 60000\nbackoff_max_ms = 60000",
+    ));
+    assert_eq!(config.retry.max_attempts, 10);
+    assert_eq!(config.retry.budget_ratio, 1.0);
+    assert_eq!(config.retry.backoff_max, Duration::from_secs(60));
+
+    for (lines, paths) in [
+        ("max_attempts = 0", vec!["retry.max_attempts"]),
+        ("max_attempts = 11", vec!["retry.max_attempts"]),
+        ("budget_ratio = -0.1", vec!["retry.budget_ratio"]),
+        ("budget_ratio = 1.5", vec!["retry.budget_ratio"]),
+        ("budget_ratio = nan", vec!["retry.budget_ratio"]),
+        ("backoff_base_ms = 0", vec!["retry.backoff_base_ms"]),
+        ("backoff_max_ms = 60001", vec!["retry.backoff_max_ms"]),
+        // Default base 50 > max 10.
+        ("backoff_max_ms = 10", vec!["retry.backoff_max_ms"]),
+        (
+            "backoff_base_ms = 3000",
+            // Above the default max of 2000.
+            vec!["retry.backoff_max_ms"],
+        ),
+        (
+            "max_attempts = 99\nbudget_ratio = 2\nbackoff_base_ms = 0\nbackoff_max_ms = 0",
+            vec![
+                "retry.max_attempts",
+                "retry.budget_ratio",
+                "retry.backoff_base_ms",
+                "retry.backoff_max_ms",
+            ],
+        ),
+    ] {
+        let e = errors(&retry(lines));
+        assert_eq!(e.paths(), paths, "{lines}\n{e}");
+    }
+    let e = errors(&retry("backoff_base_ms = 500\nbackoff_max_ms = 100"));
+    assert_eq!(
+        e.0[0].message,
+        "100 is less than retry.backoff_base_ms (500)"
+    );
+    let e = errors(&retry("max_attempts = 11"));
+    assert_eq!(e.0[0].message, "11 is out of range 1..=10");
+}
+
+#[test]
+fn failover_keys_are_checked_by_serde() {
+    let e = errors(&with_failover(
+        "api_keys = [{ id = \"a\", key = \"k\" }, { id = \"b\", secret = \"k\" }]",
+        "",
+    ));
+    assert_eq!(e.paths(), ["providers[0].api_keys[1].secret"], "\n{e}");
+    let e = errors(&with_failover(
+        "",
+        "fallbacks = [{ provider = \"backup\", modle = \"x\" }]",
+    ));
+    assert_eq!(e.paths(), ["models[0].fallbacks[0].modle"], "\n{e}");
+    let e = errors(&with_failover("", "fallback_on = [429]"));
+    assert_eq!(e.paths(), ["models[0].fallback_on[0]"], "\n{e}");
+    let e = errors(&with_failover("", "degrade_to = \"backup\""));
+    assert_eq!(e.paths(), ["models[0].degrade_to"], "\n{e}");
+    let e = errors(&format!("{MINIMAL}[retry]\nmax_retries = 2\n"));
+    assert_eq!(e.paths(), ["retry.max_retries"], "\n{e}");
+    let e = errors(&format!("{MINIMAL}[retry]\nbackoff_base_ms = 1.5\n"));
+    assert_eq!(e.paths(), ["retry.backoff_base_ms"], "\n{e}");
+}
+
+#[test]
+fn fallback_example_matches_its_description() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fallback.toml");
+    let source = std::fs::read_to_string(path).unwrap();
+    let var = unique_var("EXAMPLE_ANTHROPIC");
+    std::env::set_var(&var, "sk-ant-test");
+    let config = ok(&source.replace("\"ANTHROPIC_API_KEY\"", &format!("\"{var}\"")));
+
+    let providers: Vec<(&str, ProviderKind, String)> = config
+        .providers
+        .iter()
+        .map(|p| (p.name.as_str(), p.kind, p.base_url.to_string()))
+        .collect();
+    assert_eq!(
+        providers,
+        [
+            (
+                "primary",
+                ProviderKind::OpenAi,
+                "http://127.0.0.1:9000/v1".into()
+            ),
+            (
+                "backup",
+                ProviderKind::OpenAi,
+                "http://127.0.0.1:9002/v1".into()
+            ),
+            (
+                "anthropic",
+                ProviderKind::Anthropic,
+                "https://api.anthropic.com".into()
+            ),
+        ]
+    );
+    let primary = &config.providers[0];
+    assert_eq!(
+        primary
+            .keys
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>(),
+        ["primary", "second"]
+    );
+    assert_eq!(primary.api_key.as_deref(), Some("mock-key"));
+    assert_eq!(config.providers[1].api_key.as_deref(), Some("backup-key"));
+    assert_eq!(config.providers[2].api_key.as_deref(), Some("sk-ant-test"));
+
+    let (_, model) = config.model("gpt-4o").unwrap();
+    let targets: Vec<(usize, &str)> =
+        std::iter::once((model.provider, model.upstream_model.as_str()))
+            .chain(
+                model
+                    .fallbacks
+                    .iter()
+                    .map(|t| (t.provider, t.upstream_model.as_str())),
+            )
+            .collect();
+    assert_eq!(
+        targets,
+        [(0, "gpt-4o"), (1, "gpt-4o"), (2, "claude-sonnet-4-5")]
+    );
+    assert_eq!(model.fallback_on, FallbackOn::default());
+    assert_eq!(
+        model.degrade_to,
+        Some(Target {
+            provider: 0,
+            upstream_model: "gpt-4o-mini".into()
+        })
+    );
+    assert_eq!(config.providers[0].max_concurrency, NonZeroU64::new(200));
+    assert_eq!(config.retry, Retry::default());
+    assert_eq!(
+        config.warnings,
+        [
+            "providers[0].api_keys[0]: plain-text key in the config file; use key_env instead",
+            "consumers[0].keys[0]: plain-text key; store its sha256 instead",
+        ]
     );
 }

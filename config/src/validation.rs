@@ -3,7 +3,9 @@
 //! Every section is checked even after an error, and every finding is
 //! pushed with its key path, so one run reports all that is wrong. Defaults
 //! are filled in here, units are applied (`_ms` -> `Duration`), names are
-//! resolved to indices (`models[].provider` -> `Config::providers` index),
+//! resolved to indices (`models[].provider`, `fallbacks[].provider` and
+//! `degrade_to.provider` -> `Config::providers` index), upstream keys are
+//! read into each provider's pool, `fallback_on` entries are parsed,
 //! consumer keys and the admin token are reduced to SHA-256 hashes, budgets
 //! to integer micro-units, and each consumer's limits are merged with
 //! `[quota.defaults]`. Cross-references are checked against the raw names,
@@ -22,13 +24,14 @@ use std::time::Duration;
 
 use crate::raw::{
     RawAdmin, RawAudit, RawCluster, RawConfig, RawConsumer, RawKey, RawLimit, RawLimitSet,
-    RawLimits, RawListener, RawModel, RawPrice, RawProvider, RawQuota, RawTls, RawWorkers,
+    RawLimits, RawListener, RawModel, RawPrice, RawProvider, RawQuota, RawRetry, RawTarget, RawTls,
+    RawUpstreamKey, RawWorkers,
 };
 use crate::span::path_key;
 use crate::{
     sha256, Admin, ApiKey, Audit, BaseUrl, Cluster, Config, ConfigError, ConfigErrors, Consumer,
-    Encoding, LimitSet, Limits, Listener, Model, Price, Provider, ProviderKind, Quota, RedisUrl,
-    TlsFiles, Workers,
+    Encoding, FallbackOn, KeySelection, LimitSet, Limits, Listener, Model, Price, Provider,
+    ProviderKind, Quota, RedisUrl, Retry, StatusMatch, Target, TlsFiles, UpstreamKey, Workers,
 };
 
 /// Longest accepted timeout or interval: one day. Anything longer is almost
@@ -58,6 +61,12 @@ const LEASE_TTL_MS: (u64, u64) = (100, 60_000);
 /// Upper bound for `cluster.lease_fraction`: leasing more than half of a
 /// limit would let two nodes take all of it.
 const MAX_LEASE_FRACTION: f64 = 0.5;
+/// Bounds for `retry.max_attempts`: beyond 10 a request mostly waits on
+/// providers that are down.
+const MAX_ATTEMPTS: (u64, u64) = (1, 10);
+/// Bounds for `retry.backoff_base_ms` and `retry.backoff_max_ms`: a backoff
+/// longer than a minute outlasts any client's patience.
+const BACKOFF_MS: (u64, u64) = (1, 60_000);
 /// `cluster.node_id` when neither it nor a host name is available.
 const FALLBACK_NODE_ID: &str = "sluice";
 
@@ -73,6 +82,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let quota = v.quota(&raw.quota, defaults.clone());
     let providers = v.providers(&raw.providers);
     let models = v.models(&raw.models, &raw.providers);
+    let retry = v.retry(&raw.retry);
     let consumers = v.consumers(&raw.consumers, &raw.models, defaults.as_ref(), &raw.quota);
     let audit = v.audit(&raw.audit);
     let cluster = match &raw.cluster {
@@ -84,22 +94,29 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     if !v.errors.is_empty() {
         return Err(ConfigErrors(v.errors));
     }
-    match (admin, workers, limits, audit, quota, cluster) {
-        (Some(admin), Some(workers), Some(limits), Some(audit), Some(quota), Some(cluster)) => {
-            Ok(Config {
-                listeners: listeners.into_iter().flatten().collect(),
-                admin,
-                workers,
-                limits,
-                providers: providers.into_iter().flatten().collect(),
-                models: models.into_iter().flatten().collect(),
-                consumers: consumers.into_iter().flatten().collect(),
-                audit,
-                quota,
-                cluster,
-                warnings: v.warnings,
-            })
-        }
+    match (admin, workers, limits, audit, quota, cluster, retry) {
+        (
+            Some(admin),
+            Some(workers),
+            Some(limits),
+            Some(audit),
+            Some(quota),
+            Some(cluster),
+            Some(retry),
+        ) => Ok(Config {
+            listeners: listeners.into_iter().flatten().collect(),
+            admin,
+            workers,
+            limits,
+            providers: providers.into_iter().flatten().collect(),
+            models: models.into_iter().flatten().collect(),
+            retry,
+            consumers: consumers.into_iter().flatten().collect(),
+            audit,
+            quota,
+            cluster,
+            warnings: v.warnings,
+        }),
         // Unreachable by the invariant above; kept as an error, not a panic.
         _ => Err(ConfigError::new("", "internal error: a section failed without an error").into()),
     }
@@ -398,7 +415,28 @@ impl Validator {
                 }
             },
         };
-        let api_key = self.upstream_key(at, raw);
+        let primary = self.upstream_key(at, raw);
+        let keys = self.key_pool(at, raw, primary);
+        let key_selection = match raw.key_selection.as_deref() {
+            None => Some(KeySelection::default()),
+            Some(text) => {
+                let selection = KeySelection::parse(text);
+                if selection.is_none() {
+                    self.error(
+                        format!("{at}.key_selection"),
+                        format!(
+                            "unknown value \"{text}\"; expected \"round_robin\" or \"least_in_flight\""
+                        ),
+                    );
+                }
+                selection
+            }
+        };
+        let key_cooldown = self.millis(
+            &format!("{at}.key_cooldown_ms"),
+            raw.key_cooldown_ms,
+            60_000,
+        );
         let connect_timeout = self.millis(
             &format!("{at}.connect_timeout_ms"),
             raw.connect_timeout_ms,
@@ -424,10 +462,23 @@ impl Validator {
             64,
             (0, MAX_IDLE_CONNECTIONS),
         );
+        let max_concurrency = match raw.max_concurrency {
+            None => Some(None),
+            Some(count) => {
+                let count = NonZeroU64::new(count);
+                if count.is_none() {
+                    self.error(
+                        format!("{at}.max_concurrency"),
+                        "must be > 0; remove the key for no limit",
+                    );
+                }
+                count.map(Some)
+            }
+        };
 
         if let Some(url) = &base_url {
             if !url.tls && !url.is_loopback() {
-                if matches!(api_key, Some(Some(_))) {
+                if keys.as_ref().is_some_and(|keys| !keys.is_empty()) {
                     self.warn(
                         &format!("{at}.base_url"),
                         "the upstream key is sent over plain http to a non-loopback host; use https",
@@ -457,7 +508,11 @@ impl Validator {
             api_version: api_version?,
             kind: kind?,
             base_url: base_url?,
-            api_key: api_key?,
+            api_key: keys.as_ref()?.first().map(|k| k.key.clone()),
+            keys: keys?,
+            key_selection: key_selection?,
+            key_cooldown: key_cooldown?,
+            max_concurrency: max_concurrency?,
             connect_timeout: connect_timeout?,
             first_byte_timeout: first_byte_timeout?,
             idle_timeout: idle_timeout?,
@@ -483,11 +538,15 @@ impl Validator {
                 (self.env_value(&path, var, "api_key")?, path)
             }
         };
+        self.key_text(&path, key, "remove api_key/key_env to send no key")
+            .map(Some)
+    }
+
+    /// An upstream key read from `path`: non-empty visible ASCII. `remedy`
+    /// says what to do about an empty one.
+    fn key_text(&mut self, path: &str, key: String, remedy: &str) -> Option<String> {
         if key.is_empty() {
-            self.error(
-                path,
-                "the key is empty; remove api_key/key_env to send no key",
-            );
+            self.error(path, format!("the key is empty; {remedy}"));
             return None;
         }
         if !is_header_token(&key) {
@@ -499,7 +558,128 @@ impl Validator {
             );
             return None;
         }
-        Some(Some(key))
+        Some(key)
+    }
+
+    /// A provider's key pool: `primary` (from `api_key`/`key_env`, already
+    /// checked; `None` if that failed) with id "primary", then `api_keys`.
+    /// Ids are unique and no key appears twice.
+    fn key_pool(
+        &mut self,
+        at: &str,
+        raw: &RawProvider,
+        primary: Option<Option<String>>,
+    ) -> Option<Vec<UpstreamKey>> {
+        let mut ok = primary.is_some();
+        let mut keys = Vec::with_capacity(raw.api_keys.len() + 1);
+        // Path of each key in `keys`, for "same key as" errors.
+        let mut sources = Vec::with_capacity(raw.api_keys.len() + 1);
+        if let Some(Some(key)) = primary {
+            sources.push(if raw.api_key.is_some() {
+                format!("{at}.api_key")
+            } else {
+                format!("{at}.key_env")
+            });
+            keys.push(UpstreamKey {
+                id: UpstreamKey::PRIMARY_ID.to_string(),
+                key,
+            });
+        }
+        let has_primary = raw.api_key.is_some() || raw.key_env.is_some();
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        for (j, entry) in raw.api_keys.iter().enumerate() {
+            let key_at = format!("{at}.api_keys[{j}]");
+            let id = self.upstream_key_id(&key_at, entry, has_primary);
+            if let Some(id) = &id {
+                if let Some(first) = ids.insert(id, j) {
+                    self.error(
+                        format!("{key_at}.id"),
+                        format!("duplicate id \"{id}\" (also {at}.api_keys[{first}])"),
+                    );
+                    ok = false;
+                }
+            }
+            let key = self.pool_key(&key_at, entry);
+            if let Some(key) = &key {
+                if let Some(k) = keys.iter().position(|other| other.key == *key) {
+                    let first = sources.get(k).map_or("", String::as_str);
+                    self.error(
+                        key_at.clone(),
+                        format!("same key as {first}; every key of a pool must differ"),
+                    );
+                    ok = false;
+                    continue;
+                }
+            }
+            match (id, key) {
+                (Some(id), Some(key)) => {
+                    keys.push(UpstreamKey {
+                        id: id.clone(),
+                        key,
+                    });
+                    sources.push(key_at);
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(keys)
+    }
+
+    /// The `id` of an `api_keys` entry: present, non-blank, and not
+    /// "primary" when `api_key`/`key_env` already uses that id.
+    fn upstream_key_id<'a>(
+        &mut self,
+        at: &str,
+        raw: &'a RawUpstreamKey,
+        has_primary: bool,
+    ) -> Option<&'a String> {
+        let path = format!("{at}.id");
+        match &raw.id {
+            None => {
+                self.error(
+                    path,
+                    "missing; every key needs an id for logs and metrics, e.g. id = \"k2\"",
+                );
+                None
+            }
+            Some(id) if id.trim().is_empty() => {
+                self.error(path, "must not be empty");
+                None
+            }
+            Some(id) if has_primary && id == UpstreamKey::PRIMARY_ID => {
+                self.error(
+                    path,
+                    "\"primary\" is the id of the key from api_key/key_env; choose another",
+                );
+                None
+            }
+            Some(id) => Some(id),
+        }
+    }
+
+    /// The key of an `api_keys` entry, from `key_env` or (with a warning)
+    /// `key`; exactly one of the two.
+    fn pool_key(&mut self, at: &str, raw: &RawUpstreamKey) -> Option<String> {
+        match (&raw.key_env, &raw.key) {
+            (None, None) => {
+                self.error(at, "set key_env = \"VAR\" (or key = \"<key>\" for testing)");
+                None
+            }
+            (Some(_), Some(_)) => {
+                self.error(at, "set either key_env or key, not both");
+                None
+            }
+            (Some(var), None) => {
+                let path = format!("{at}.key_env");
+                let key = self.env_value(&path, var, "key")?;
+                self.key_text(&path, key, "remove this entry")
+            }
+            (None, Some(key)) => {
+                let key = self.key_text(&format!("{at}.key"), key.clone(), "remove this entry")?;
+                self.warn(at, "plain-text key in the config file; use key_env instead");
+                Some(key)
+            }
+        }
     }
 
     /// `[[models]]`: at least one, names unique, providers known.
@@ -517,36 +697,8 @@ impl Validator {
             .map(|(i, model)| {
                 let at = format!("models[{i}]");
                 let name = self.unique_name(&at, &names, i);
-                let provider = match &model.provider {
-                    None => {
-                        self.error(
-                            format!("{at}.provider"),
-                            "missing; name one of the [[providers]]",
-                        );
-                        None
-                    }
-                    Some(wanted) => {
-                        let index = providers
-                            .iter()
-                            .position(|p| p.name.as_ref() == Some(wanted));
-                        if index.is_none() {
-                            let mut known: Vec<&str> = Vec::new();
-                            for name in providers.iter().filter_map(|p| p.name.as_deref()) {
-                                if !known.contains(&name) {
-                                    known.push(name);
-                                }
-                            }
-                            self.error(
-                                format!("{at}.provider"),
-                                format!(
-                                    "unknown provider \"{wanted}\"; configured: {}",
-                                    quoted_list(&known)
-                                ),
-                            );
-                        }
-                        index
-                    }
-                };
+                let provider =
+                    self.provider_index(&format!("{at}.provider"), &model.provider, providers);
                 let upstream_model = match (&model.upstream_model, &name) {
                     (Some(upstream), _) if upstream.trim().is_empty() => {
                         self.error(
@@ -580,15 +732,244 @@ impl Validator {
                     None => Some(None),
                     Some(price) => self.price(&format!("{at}.price"), price).map(Some),
                 };
+                let fallbacks =
+                    self.fallbacks(&at, model, provider, upstream_model.as_deref(), providers);
+                let fallback_on = match &model.fallback_on {
+                    None => Some(FallbackOn::default()),
+                    Some(list) => self.fallback_on(&format!("{at}.fallback_on"), list),
+                };
+                let degrade_to = match &model.degrade_to {
+                    None => Some(None),
+                    Some(target) => self
+                        .target(
+                            &format!("{at}.degrade_to"),
+                            target,
+                            upstream_model.as_deref(),
+                            providers,
+                        )
+                        .map(Some),
+                };
                 Some(Model {
                     name: name?,
                     provider: provider?,
                     upstream_model: upstream_model?,
                     encoding: encoding?,
                     price: price?,
+                    fallbacks: fallbacks?,
+                    fallback_on: fallback_on?,
+                    degrade_to: degrade_to?,
                 })
             })
             .collect()
+    }
+
+    /// The index of the provider named at `path` (a model's `provider`, or
+    /// a target's). Looked up among the raw names, so a provider with other
+    /// errors still resolves.
+    fn provider_index(
+        &mut self,
+        path: &str,
+        wanted: &Option<String>,
+        providers: &[RawProvider],
+    ) -> Option<usize> {
+        let Some(wanted) = wanted else {
+            self.error(path, "missing; name one of the [[providers]]");
+            return None;
+        };
+        let index = providers
+            .iter()
+            .position(|p| p.name.as_ref() == Some(wanted));
+        if index.is_none() {
+            let mut known: Vec<&str> = Vec::new();
+            for name in providers.iter().filter_map(|p| p.name.as_deref()) {
+                if !known.contains(&name) {
+                    known.push(name);
+                }
+            }
+            self.error(
+                path,
+                format!(
+                    "unknown provider \"{wanted}\"; configured: {}",
+                    quoted_list(&known)
+                ),
+            );
+        }
+        index
+    }
+
+    /// A model's `fallbacks`, each checked by `target`. A target equal to
+    /// the primary one (`provider`, `upstream_model`) or to an earlier
+    /// fallback gets a warning: it adds nothing that `[retry]` does not.
+    fn fallbacks(
+        &mut self,
+        at: &str,
+        raw: &RawModel,
+        provider: Option<usize>,
+        upstream_model: Option<&str>,
+        providers: &[RawProvider],
+    ) -> Option<Vec<Target>> {
+        let mut out = Vec::with_capacity(raw.fallbacks.len());
+        let mut ok = true;
+        for (j, target) in raw.fallbacks.iter().enumerate() {
+            let target_at = format!("{at}.fallbacks[{j}]");
+            let Some(target) = self.target(&target_at, target, upstream_model, providers) else {
+                ok = false;
+                continue;
+            };
+            let same = |p: usize, m: &str| target.provider == p && target.upstream_model == m;
+            let earlier = out
+                .iter()
+                .position(|t: &Target| same(t.provider, &t.upstream_model));
+            let repeats = match (earlier, provider, upstream_model) {
+                (Some(k), _, _) => Some(format!("{at}.fallbacks[{k}]")),
+                (None, Some(p), Some(m)) if same(p, m) => {
+                    Some(format!("the primary target of {at}"))
+                }
+                _ => None,
+            };
+            if let Some(repeats) = repeats {
+                self.warn(
+                    &target_at,
+                    &format!(
+                        "same provider and model as {repeats}; retry.max_attempts already \
+                         retries a target, so this entry only uses up attempts"
+                    ),
+                );
+            }
+            out.push(target);
+        }
+        ok.then_some(out)
+    }
+
+    /// One fallback or `degrade_to` target at `at`: a known provider and a
+    /// non-empty model, by default `upstream_model` (`None` when the
+    /// model's own `upstream_model` failed, which has its error already).
+    fn target(
+        &mut self,
+        at: &str,
+        raw: &RawTarget,
+        upstream_model: Option<&str>,
+        providers: &[RawProvider],
+    ) -> Option<Target> {
+        let provider = self.provider_index(&format!("{at}.provider"), &raw.provider, providers);
+        let model = match &raw.model {
+            Some(model) if model.trim().is_empty() => {
+                self.error(
+                    format!("{at}.model"),
+                    "must not be empty; remove it to send the model's upstream_model",
+                );
+                None
+            }
+            Some(model) => Some(model.clone()),
+            None => upstream_model.map(str::to_string),
+        };
+        Some(Target {
+            provider: provider?,
+            upstream_model: model?,
+        })
+    }
+
+    /// A model's `fallback_on` list; each entry a status code 400..=599, a
+    /// class (`4xx`, `5xx`), `connect` or `timeout`. An empty list is valid:
+    /// then only unavailable targets (circuit open, provider full) are
+    /// skipped.
+    fn fallback_on(&mut self, at: &str, raw: &[String]) -> Option<FallbackOn> {
+        const EXPECTED: &str = "expected a status code 400..=599 such as \"429\", \"4xx\", \
+                                \"5xx\", \"connect\" or \"timeout\"";
+        let mut on = FallbackOn {
+            statuses: Vec::new(),
+            connect: false,
+            timeout: false,
+        };
+        let mut ok = true;
+        for (j, entry) in raw.iter().enumerate() {
+            let path = format!("{at}[{j}]");
+            let status = match entry.as_str() {
+                "connect" => {
+                    on.connect = true;
+                    continue;
+                }
+                "timeout" => {
+                    on.timeout = true;
+                    continue;
+                }
+                "4xx" => StatusMatch::Class(4),
+                "5xx" => StatusMatch::Class(5),
+                code if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) => {
+                    match code.parse::<u16>() {
+                        Ok(code) if (400..=599).contains(&code) => StatusMatch::Code(code),
+                        _ => {
+                            self.error(
+                                path,
+                                format!("\"{code}\" is not an error status; {EXPECTED}"),
+                            );
+                            ok = false;
+                            continue;
+                        }
+                    }
+                }
+                other => {
+                    self.error(path, format!("unknown entry \"{other}\"; {EXPECTED}"));
+                    ok = false;
+                    continue;
+                }
+            };
+            if !on.statuses.contains(&status) {
+                on.statuses.push(status);
+            }
+        }
+        ok.then_some(on)
+    }
+
+    /// `[retry]`.
+    fn retry(&mut self, raw: &RawRetry) -> Option<Retry> {
+        let max_attempts = self
+            .in_range(
+                "retry.max_attempts",
+                raw.max_attempts.unwrap_or(3),
+                MAX_ATTEMPTS.0,
+                MAX_ATTEMPTS.1,
+            )
+            .and_then(|n| u32::try_from(n).ok());
+        let budget_ratio = raw.budget_ratio.unwrap_or(0.2);
+        // `contains` is false for NaN.
+        let budget_ratio = if (0.0..=1.0).contains(&budget_ratio) {
+            Some(budget_ratio)
+        } else {
+            self.error(
+                "retry.budget_ratio",
+                format!("{budget_ratio} is out of range 0..=1 (a share of requests)"),
+            );
+            None
+        };
+        let backoff_base = self.in_range(
+            "retry.backoff_base_ms",
+            raw.backoff_base_ms.unwrap_or(50),
+            BACKOFF_MS.0,
+            BACKOFF_MS.1,
+        );
+        let backoff_max = self.in_range(
+            "retry.backoff_max_ms",
+            raw.backoff_max_ms.unwrap_or(2_000),
+            BACKOFF_MS.0,
+            BACKOFF_MS.1,
+        );
+        let backoff_max = match (backoff_base, backoff_max) {
+            (Some(base), Some(max)) if max < base => {
+                self.error(
+                    "retry.backoff_max_ms",
+                    format!("{max} is less than retry.backoff_base_ms ({base})"),
+                );
+                None
+            }
+            (_, max) => max,
+        };
+        Some(Retry {
+            max_attempts: max_attempts?,
+            budget_ratio: budget_ratio?,
+            backoff_base: Duration::from_millis(backoff_base?),
+            backoff_max: Duration::from_millis(backoff_max?),
+        })
     }
 
     /// `[[consumers]]`: names unique, keys valid and never shared, allowed

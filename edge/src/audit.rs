@@ -34,6 +34,9 @@ pub struct Record<'a> {
     pub model: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub upstream_model: Option<&'a str>,
+    /// Every upstream attempt when there was more than one (fallback, retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<&'a [crate::filter::Attempt]>,
     pub stream: bool,
     pub status: u16,
     pub upstream_status: Option<u16>,
@@ -58,7 +61,6 @@ pub struct Record<'a> {
 impl<'a> Record<'a> {
     pub fn new(config: &'a Config, ctx: &'a RequestCtx) -> Self {
         let consumer = ctx.consumer.and_then(|c| config.consumers.get(c));
-        let model = ctx.model.and_then(|m| config.models.get(m));
         let provider = ctx.provider.and_then(|p| config.providers.get(p));
         let ms = |d: std::time::Duration| (d.as_micros() as f64) / 1000.0;
         Record {
@@ -74,7 +76,8 @@ impl<'a> Record<'a> {
             endpoint: ctx.endpoint.map(|e| e.as_str()),
             model: ctx.model_requested.as_deref(),
             provider: provider.map(|p| p.name.as_str()),
-            upstream_model: model.map(|m| m.upstream_model.as_str()),
+            upstream_model: (!ctx.upstream_model.is_empty()).then_some(ctx.upstream_model.as_str()),
+            attempts: (ctx.attempts.len() > 1).then_some(ctx.attempts.as_slice()),
             stream: ctx.stream,
             status: ctx.status,
             upstream_status: ctx.upstream_status,

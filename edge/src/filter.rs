@@ -159,8 +159,14 @@ pub struct RequestCtx {
     /// The client asked for the usage chunk itself.
     pub client_wants_usage: bool,
     pub max_tokens: Option<u64>,
+    /// The client's body as received (kept to aim it at fallback targets).
+    pub client_body: Vec<u8>,
     /// The body to send upstream (the client's, rewritten by the chain).
     pub upstream_body: Vec<u8>,
+    /// The provider's name for the model, for the current target.
+    pub upstream_model: String,
+    /// Every upstream attempt, in order (more than one after a fallback).
+    pub attempts: Vec<Attempt>,
     pub usage: Usage,
     /// Generated text seen so far, for estimating completion tokens.
     pub completion_text: String,
@@ -201,7 +207,10 @@ impl RequestCtx {
             upstream_wire: Wire::OpenAi,
             client_wants_usage: false,
             max_tokens: None,
+            client_body: Vec::new(),
             upstream_body: Vec::new(),
+            upstream_model: String::new(),
+            attempts: Vec::new(),
             usage: Usage::default(),
             completion_text: String::new(),
             status: 0,
@@ -225,6 +234,18 @@ impl RequestCtx {
             self.error_message = Some(error.message.to_string());
         }
     }
+}
+
+/// One try at an upstream, for the audit record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attempt {
+    pub provider: String,
+    pub model: String,
+    /// The key's id (never the key).
+    pub key: Option<String>,
+    pub status: Option<u16>,
+    pub error: Option<&'static str>,
+    pub ms: f64,
 }
 
 /// What to do with one upstream event.

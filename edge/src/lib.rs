@@ -21,6 +21,7 @@ pub mod http;
 pub mod io;
 pub mod log;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod quota;
 pub mod route;

@@ -17,6 +17,7 @@ use crate::error::{error_body, Error, ErrorKind};
 use crate::filter::{Endpoint, Request, RequestCtx, Verdict, Wire};
 use crate::http::{self, BodyKind, ResponseHead};
 use crate::io::{BufConn, PeerWatch};
+use crate::pool;
 use crate::sse::{self, SseSplitter};
 use crate::translate;
 use crate::upstream::{BodyReader, Response, Upstream};
@@ -54,43 +55,185 @@ where
         )
         .await;
     }
-    let Some(upstream) = ctx.provider.and_then(|p| core.upstreams.get(p)) else {
-        let e = Error::new(ErrorKind::Internal, "request was not routed to a provider");
-        return respond_error(down, ctx, &e, keep_alive).await;
-    };
     let endpoint = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions);
 
-    // 2. Upstream: send and wait for the response head.
-    let upstream_model = core.upstream_model(ctx);
-    let head = upstream.request_head(
-        endpoint,
-        upstream_model,
-        &req.head,
-        &ctx.id,
-        ctx.upstream_body.len(),
-    );
-    // The client may leave while the provider thinks: stop waiting then.
-    let sent = monoio::select! {
-        r = upstream.send(head, &ctx.upstream_body) => Some(r),
-        _ = watch.closed() => None,
-    };
-    let response = match sent {
-        None => return client_gone(ctx, "client went away while waiting for the provider"),
-        Some(Ok(r)) => r,
-        Some(Err(e)) => {
-            core.metrics.upstream_error(upstream_index(ctx), e.kind);
-            return respond_error(down, ctx, &e, keep_alive).await;
+    // 2. Upstream: the model's targets in order — primary, then fallbacks —
+    //    until one gives an answer worth relaying. Each attempt picks a key
+    //    from the provider's pool (never one this request already tried);
+    //    retries are capped by `retry.max_attempts` and the retry budget.
+    let targets = core.targets(ctx);
+    let fallback_on = core.fallback_on(ctx);
+    let max_attempts = core.config.retry.max_attempts.max(1) as usize;
+    let mut tried: Vec<(usize, usize)> = Vec::new();
+    let mut next = 0usize;
+    core.shared.retry_budget.on_request();
+    for attempt in 1..=max_attempts {
+        let target = &targets[next.min(targets.len() - 1)];
+        if attempt > 1 {
+            if let Err(e) = core.chain.route.prepare(ctx, target) {
+                return respond_error(down, ctx, &e, keep_alive).await;
+            }
+            if ctx
+                .attempts
+                .last()
+                .is_some_and(|a| core.provider_name(target.provider) == a.provider)
+            {
+                monoio::time::sleep(core.backoff(attempt)).await;
+            }
         }
-    };
-    ctx.upstream_status = Some(response.head.status);
+        let more = attempt < max_attempts;
+        let provider = target.provider;
+        let Some(upstream) = core.upstreams.get(provider) else {
+            let e = Error::new(ErrorKind::Internal, "request was not routed to a provider");
+            return respond_error(down, ctx, &e, keep_alive).await;
+        };
+        let pool = &core.shared.pools[provider];
+        let keys_tried: Vec<usize> = tried
+            .iter()
+            .filter(|(p, _)| *p == provider)
+            .map(|(_, k)| *k)
+            .collect();
+        let key = match pool.pick(pool::now_ns(), &keys_tried) {
+            Ok(key) => key,
+            Err(wait_ns) => {
+                // Every key of this provider is resting.
+                let e = Error::new(
+                    ErrorKind::RateLimited,
+                    format!(
+                        "every API key of provider '{}' is cooling down",
+                        upstream.provider().name
+                    ),
+                );
+                core.record_attempt(ctx, provider, None, None, Some(&e), Instant::now());
+                if next + 1 < targets.len() {
+                    next += 1;
+                    continue;
+                }
+                ctx.response_headers.push((
+                    "retry-after",
+                    wait_ns.div_ceil(1_000_000_000).max(1).to_string(),
+                ));
+                return respond_error(down, ctx, &e, keep_alive).await;
+            }
+        };
+        let key_index = key.as_ref().map(|k| k.index);
+        if let Some(k) = key_index {
+            tried.push((provider, k));
+        }
+        let key_value = key_index
+            .and_then(|k| upstream.provider().keys.get(k))
+            .map(|k| k.key.as_str());
+        let started = Instant::now();
+        let head = upstream.request_head(
+            endpoint,
+            &ctx.upstream_model,
+            key_value,
+            &req.head,
+            &ctx.id,
+            ctx.upstream_body.len(),
+        );
+        // The client may leave while the provider thinks: stop waiting then.
+        let sent = monoio::select! {
+            r = upstream.send(head, &ctx.upstream_body) => Some(r),
+            _ = watch.closed() => None,
+        };
+        let response = match sent {
+            None => return client_gone(ctx, "client went away while waiting for the provider"),
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                core.metrics.upstream_error(provider, e.kind);
+                if let Some(k) = key_index {
+                    pool.failed(k);
+                }
+                core.record_attempt(ctx, provider, key_index, None, Some(&e), started);
+                let triggers = match e.kind {
+                    ErrorKind::UpstreamConnect => fallback_on.connect,
+                    ErrorKind::UpstreamTimeout => fallback_on.timeout,
+                    _ => false,
+                };
+                if triggers && more && core.shared.retry_budget.try_retry() {
+                    next += 1;
+                    continue;
+                }
+                return respond_error(down, ctx, &e, keep_alive).await;
+            }
+        };
+        let status = response.head.status;
+        ctx.upstream_status = Some(status);
+        if let Some(k) = key_index {
+            if matches!(status, 401 | 403 | 429) {
+                let rest = retry_after(&response.head).unwrap_or(upstream.provider().key_cooldown);
+                pool.cool(k, pool::now_ns(), rest.as_nanos() as u64);
+            } else if status >= 500 {
+                pool.failed(k);
+            }
+        }
+        if fallback_on.status(status) && more && core.shared.retry_budget.try_retry() {
+            // Not this one: drain its answer (keeping the connection) and move on.
+            core.record_attempt(ctx, provider, key_index, Some(status), None, started);
+            core.metrics
+                .upstream_error(provider, ErrorKind::UpstreamStatus);
+            discard(upstream, response).await;
+            next += 1;
+            continue;
+        }
+        core.record_attempt(ctx, provider, key_index, Some(status), None, started);
 
-    // 3. Relay: event by event for a 2xx event stream, whole otherwise.
-    let success = (200..300).contains(&response.head.status);
-    if success && ctx.stream && is_event_stream(&response.head) {
-        relay_stream(core, upstream, down, response, ctx, keep_alive, watch).await
-    } else {
-        relay_whole(core, upstream, down, response, ctx, keep_alive).await
+        // 3. Relay: event by event for a 2xx event stream, whole otherwise.
+        let success = (200..300).contains(&status);
+        if success && ctx.stream && is_event_stream(&response.head) {
+            match relay_stream(core, upstream, down, response, ctx, keep_alive, watch).await {
+                Relayed::Done(again) => return again,
+                // Nothing reached the client yet: another target may answer.
+                Relayed::NotStarted(e) => {
+                    if let Some(a) = ctx.attempts.last_mut() {
+                        a.error = Some(e.kind.as_str());
+                    }
+                    if more && core.shared.retry_budget.try_retry() {
+                        ctx.usage = Default::default();
+                        ctx.completion_text.clear();
+                        next += 1;
+                        continue;
+                    }
+                    return respond_error(down, ctx, &e, keep_alive).await;
+                }
+            }
+        }
+        return relay_whole(core, upstream, down, response, ctx, keep_alive).await;
     }
+    let e = Error::new(ErrorKind::UpstreamStatus, "every attempt failed");
+    respond_error(down, ctx, &e, keep_alive).await
+}
+
+/// A `Retry-After` header in seconds (RFC 9110 §10.2.3; the date form is
+/// not used by LLM providers and is ignored).
+fn retry_after(head: &ResponseHead) -> Option<std::time::Duration> {
+    let v = head.header("retry-after")?;
+    let secs: f64 = std::str::from_utf8(v).ok()?.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+/// Read and drop an answer that will not be relayed, keeping the
+/// connection for reuse when it ends cleanly.
+async fn discard(upstream: &Upstream, mut response: Response) {
+    let mut reader = BodyReader::new(response.head.body);
+    let mut sink = Vec::new();
+    if read_body(upstream, &mut response.conn, &mut reader, &mut sink)
+        .await
+        .is_ok()
+        && response.head.keep_alive
+    {
+        upstream.release(response.conn);
+    }
+}
+
+/// How a stream relay ended.
+enum Relayed {
+    /// The response went to the client (or the client left); whether the
+    /// connection can carry another request.
+    Done(bool),
+    /// The provider failed before anything reached the client.
+    NotStarted(Error),
 }
 
 fn upstream_index(ctx: &RequestCtx) -> usize {
@@ -377,7 +520,7 @@ async fn relay_stream<S>(
     ctx: &mut RequestCtx,
     keep_alive: bool,
     watch: &PeerWatch,
-) -> bool
+) -> Relayed
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
@@ -399,7 +542,8 @@ where
         Framing::Chunked,
         keep_alive,
     );
-    ctx.status = response.head.status;
+    let head_len = out.len();
+    let mut sent_any = false;
     let _stream = core.metrics.stream_guard();
     let mut failure: Option<Error> = None;
     loop {
@@ -438,18 +582,32 @@ where
             }
         }
         if done {
+            if let (Some(e), false, true) = (&failure, sent_any, out.len() == head_len) {
+                // Nothing reached the client: the caller may try elsewhere.
+                return Relayed::NotStarted(e.clone());
+            }
             match (&failure, &mut translator) {
                 (Some(e), _) => stream_error_event(e, ctx.client_wire, &mut out),
                 (None, Some(t)) => {
                     translated.clear();
-                    t.finish(&mut translated);
+                    let complete = t.finish(&mut translated);
                     http::encode_chunk(&translated, &mut out);
+                    if !complete {
+                        let e = Error::new(
+                            ErrorKind::UpstreamProtocol,
+                            "provider stream ended before it finished",
+                        );
+                        stream_error_event(&e, ctx.client_wire, &mut out);
+                        failure = Some(e);
+                    }
                 }
                 (None, None) => {}
             }
             out.extend_from_slice(http::LAST_CHUNK);
         }
         if !out.is_empty() {
+            ctx.status = response.head.status;
+            sent_any = true;
             let batch = std::mem::take(&mut out);
             let n = batch.len() as u64;
             let (res, back) = down.send(batch).await;
@@ -461,7 +619,10 @@ where
             if let Err(e) = res {
                 // The client is gone: drop the upstream connection now so
                 // the provider stops generating; charge what was generated.
-                return client_gone(ctx, &format!("client went away mid-stream: {e}"));
+                return Relayed::Done(client_gone(
+                    ctx,
+                    &format!("client went away mid-stream: {e}"),
+                ));
             }
             ctx.bytes_out += n;
         }
@@ -473,7 +634,7 @@ where
             r = monoio::time::timeout(idle, response.conn.fill()) => r,
             _ = &mut client_closed => {
                 // Dropping the upstream connection tells the provider to stop.
-                return client_gone(ctx, "client went away mid-stream");
+                return Relayed::Done(client_gone(ctx, "client went away mid-stream"));
             }
         };
         match read {
@@ -506,7 +667,7 @@ where
     if failure.is_none() && response.head.keep_alive && reader.is_done() {
         upstream.release(response.conn);
     }
-    keep_alive
+    Relayed::Done(keep_alive)
 }
 
 /// The client left before the response was complete: record it (status
@@ -575,11 +736,12 @@ impl StreamTranslator {
         }
     }
 
-    /// Close the translated stream (its last events) at the upstream's end.
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        let _ = match self {
+    /// Close the translated stream (its last events) at the upstream's end;
+    /// false when the upstream stream was cut before it said it was done.
+    fn finish(&mut self, out: &mut Vec<u8>) -> bool {
+        match self {
             StreamTranslator::ToOpenAi(t) => t.finish(out),
             StreamTranslator::ToAnthropic(t) => t.finish(out),
-        };
+        }
     }
 }

@@ -8,9 +8,10 @@
 //! (the accounting stage later hides that chunk from clients that did not
 //! ask for it). `GET /v1/models` has no body and passes through untouched.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use sluice_config::Config;
+use sluice_config::{Config, Target};
 
 use crate::body;
 use crate::error::{Error, ErrorKind};
@@ -24,6 +25,63 @@ pub struct Route {
 impl Route {
     pub fn new(config: Arc<Config>) -> Self {
         Route { config }
+    }
+}
+
+impl Route {
+    /// Aim the request at `target`: its provider's wire format (translating
+    /// the client's body if they differ), its model name, and usage asked
+    /// for on OpenAI-shaped streams. Runs again for each fallback target.
+    pub fn prepare(&self, ctx: &mut RequestCtx, target: &Target) -> Result<(), Error> {
+        let endpoint = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions);
+        let provider = &self.config.providers[target.provider];
+        ctx.provider = Some(target.provider);
+        ctx.upstream_model = target.upstream_model.clone();
+        ctx.upstream_wire = if provider.kind.is_anthropic() {
+            Wire::Anthropic
+        } else {
+            Wire::OpenAi
+        };
+        if ctx.upstream_wire == Wire::Anthropic
+            && !matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Messages)
+        {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "provider '{}' speaks Anthropic's API, which has no {} endpoint",
+                    provider.name,
+                    endpoint.as_str()
+                ),
+            ));
+        }
+        // Only OpenAI-shaped chat and completions streams need asking for usage.
+        let force_usage =
+            ctx.stream && ctx.upstream_wire == Wire::OpenAi && endpoint != Endpoint::Embeddings;
+        let translated = match (ctx.client_wire, ctx.upstream_wire) {
+            (Wire::OpenAi, Wire::Anthropic) => Some(translate::openai_to_anthropic(
+                &ctx.client_body,
+                self.config.quota.default_max_tokens.min(u32::MAX as u64) as u32,
+            )),
+            (Wire::Anthropic, Wire::OpenAi) => {
+                Some(translate::anthropic_to_openai(&ctx.client_body))
+            }
+            _ => None,
+        };
+        let body = match translated {
+            Some(Ok(body)) => Cow::Owned(body),
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::BadRequest,
+                    format!("cannot translate the request: {e}"),
+                ))
+            }
+            None => Cow::Borrowed(ctx.client_body.as_slice()),
+        };
+        ctx.upstream_body = match body::rewrite(&body, &target.upstream_model, force_usage) {
+            Some(rewritten) => rewritten,
+            None => body.into_owned(),
+        };
+        Ok(())
     }
 }
 
@@ -60,52 +118,13 @@ impl Filter for Route {
             }
         }
         ctx.model = Some(index);
-        ctx.provider = Some(model.provider);
-        let endpoint = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions);
-        let provider = &self.config.providers[model.provider];
-        ctx.client_wire = endpoint.wire();
-        ctx.upstream_wire = if provider.kind.is_anthropic() {
-            Wire::Anthropic
-        } else {
-            Wire::OpenAi
+        ctx.client_wire = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions).wire();
+        ctx.client_body = std::mem::take(&mut req.body);
+        let primary = Target {
+            provider: model.provider,
+            upstream_model: model.upstream_model.clone(),
         };
-        if ctx.upstream_wire == Wire::Anthropic
-            && !matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Messages)
-        {
-            return Err(Error::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "model '{}' is served by an Anthropic provider, which has no {} endpoint",
-                    model.name,
-                    endpoint.as_str()
-                ),
-            ));
-        }
-        // Only OpenAI-shaped chat and completions streams need asking for usage.
-        let force_usage =
-            ctx.stream && ctx.upstream_wire == Wire::OpenAi && endpoint != Endpoint::Embeddings;
-        let translated = match (ctx.client_wire, ctx.upstream_wire) {
-            (Wire::OpenAi, Wire::Anthropic) => Some(translate::openai_to_anthropic(
-                &req.body,
-                self.config.quota.default_max_tokens.min(u32::MAX as u64) as u32,
-            )),
-            (Wire::Anthropic, Wire::OpenAi) => Some(translate::anthropic_to_openai(&req.body)),
-            _ => None,
-        };
-        let body = match translated {
-            Some(Ok(body)) => body,
-            Some(Err(e)) => {
-                return Err(Error::new(
-                    ErrorKind::BadRequest,
-                    format!("cannot translate the request: {e}"),
-                ))
-            }
-            None => std::mem::take(&mut req.body),
-        };
-        ctx.upstream_body = match body::rewrite(&body, &model.upstream_model, force_usage) {
-            Some(rewritten) => rewritten,
-            None => body,
-        };
+        self.prepare(ctx, &primary)?;
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ use monoio_rustls::TlsAcceptor;
 use sluice_config::Config;
 
 use crate::metrics::CoreMetrics;
+use crate::pool::{KeyPool, RetryBudget};
 use crate::quota::store::Store;
 use crate::quota::Engine;
 use crate::worker::{self, Core};
@@ -39,6 +40,10 @@ pub struct Shared {
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     /// Random per process start, prefixes generated request ids.
     pub nonce: u32,
+    /// Per provider: its API keys' live state.
+    pub pools: Vec<KeyPool>,
+    /// Retries as a share of traffic, node-wide.
+    pub retry_budget: RetryBudget,
     /// Durable quota state (standalone node), when `quota.state_path` is set.
     pub store: Option<Store>,
     /// The audit file, for admin changes (written from the admin thread).
@@ -287,6 +292,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         engine,
         store,
+        pools: config.providers.iter().map(KeyPool::new).collect(),
+        retry_budget: RetryBudget::new(config.retry.budget_ratio),
         admin_audit: Mutex::new(Some(admin_audit)),
         upstream_tls,
         listener_tls,

@@ -96,6 +96,7 @@ impl Upstream {
         &self,
         endpoint: Endpoint,
         upstream_model: &str,
+        key: Option<&str>,
         client: &RequestHead,
         id: &str,
         body_len: usize,
@@ -136,7 +137,7 @@ impl Upstream {
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(p.base_url.authority().as_bytes());
         out.extend_from_slice(b"\r\n");
-        if let Some(key) = &p.api_key {
+        if let Some(key) = key {
             let header: &[u8] = match p.kind {
                 ProviderKind::Anthropic => b"x-api-key: ",
                 ProviderKind::AzureOpenAi => b"api-key: ",

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio_rustls::TlsAcceptor;
-use sluice_config::Config;
+use sluice_config::{Config, FallbackOn, Target};
 
 use crate::audit::AuditLog;
 use crate::conn;
 use crate::error::Error;
-use crate::filter::{Chain, RequestCtx};
+use crate::filter::{Attempt, Chain, RequestCtx};
 use crate::http::RequestHead;
 use crate::io::{DownStream, PeerWatch, Stream};
 use crate::metrics::CoreMetrics;
@@ -97,11 +97,67 @@ impl Core {
         self.audit.record(&self.config, ctx);
     }
 
-    /// The provider's name for the routed model ("" before routing).
-    pub fn upstream_model(&self, ctx: &RequestCtx) -> &str {
+    /// The routed model's targets: its provider first, then its fallbacks.
+    pub fn targets(&self, ctx: &RequestCtx) -> Vec<Target> {
+        let mut out = vec![Target {
+            provider: ctx.provider.unwrap_or(0),
+            upstream_model: ctx.upstream_model.clone(),
+        }];
+        if let Some(model) = ctx.model.and_then(|m| self.config.models.get(m)) {
+            out.extend(model.fallbacks.iter().cloned());
+        }
+        out
+    }
+
+    /// What makes the routed model fall back to its next target.
+    pub fn fallback_on(&self, ctx: &RequestCtx) -> FallbackOn {
         ctx.model
             .and_then(|m| self.config.models.get(m))
-            .map_or("", |m| m.upstream_model.as_str())
+            .map(|m| m.fallback_on.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn provider_name(&self, provider: usize) -> &str {
+        self.config
+            .providers
+            .get(provider)
+            .map_or("", |p| p.name.as_str())
+    }
+
+    /// Exponential backoff with jitter before attempt `n` (n ≥ 2) on the same provider.
+    pub fn backoff(&self, attempt: usize) -> Duration {
+        let retry = &self.config.retry;
+        let exp = retry
+            .backoff_base
+            .saturating_mul(1u32 << (attempt.saturating_sub(2)).min(16));
+        let capped = exp.min(retry.backoff_max);
+        // Jitter in [0.5, 1.5) from the request counter: no shared RNG needed.
+        let n = self.seq.get().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let jitter = 0.5 + (n >> 11) as f64 / (1u64 << 53) as f64;
+        capped.mul_f64(jitter)
+    }
+
+    /// Note one upstream attempt for the audit record.
+    pub fn record_attempt(
+        &self,
+        ctx: &mut RequestCtx,
+        provider: usize,
+        key: Option<usize>,
+        status: Option<u16>,
+        error: Option<&Error>,
+        started: Instant,
+    ) {
+        let p = self.config.providers.get(provider);
+        ctx.attempts.push(Attempt {
+            provider: p.map_or(String::new(), |p| p.name.clone()),
+            model: ctx.upstream_model.clone(),
+            key: key
+                .and_then(|k| p.and_then(|p| p.keys.get(k)))
+                .map(|k| k.id.clone()),
+            status,
+            error: error.map(|e| e.kind.as_str()),
+            ms: started.elapsed().as_micros() as f64 / 1000.0,
+        });
     }
 
     /// `GET /v1/models`: the models this consumer may use.
