@@ -241,3 +241,40 @@ mod tests {
         assert!(!b.try_retry());
     }
 }
+
+/// A provider's concurrency limit on this node (`max_concurrency`).
+#[derive(Debug)]
+pub struct Capacity {
+    limit: Option<u64>,
+    pub in_flight: AtomicU64,
+}
+
+/// One request's place in a provider's capacity; freed on drop.
+#[derive(Debug)]
+pub struct Slot<'a>(&'a Capacity);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Capacity {
+    pub fn new(provider: &Provider) -> Self {
+        Capacity {
+            limit: provider.max_concurrency.map(|n| n.get()),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// A slot, unless the provider is at its limit.
+    pub fn enter(&self) -> Option<Slot<'_>> {
+        let limit = self.limit.unwrap_or(u64::MAX);
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self))
+    }
+}

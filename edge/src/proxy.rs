@@ -61,7 +61,7 @@ where
     //    until one gives an answer worth relaying. Each attempt picks a key
     //    from the provider's pool (never one this request already tried);
     //    retries are capped by `retry.max_attempts` and the retry budget.
-    let targets = core.targets(ctx);
+    let mut targets = core.targets(ctx);
     let fallback_on = core.fallback_on(ctx);
     let max_attempts = core.config.retry.max_attempts.max(1) as usize;
     let mut tried: Vec<(usize, usize)> = Vec::new();
@@ -85,6 +85,28 @@ where
         let provider = target.provider;
         let Some(upstream) = core.upstreams.get(provider) else {
             let e = Error::new(ErrorKind::Internal, "request was not routed to a provider");
+            return respond_error(down, ctx, &e, keep_alive).await;
+        };
+        // A provider at its concurrency limit is skipped; when every target
+        // is, the model's cheaper `degrade_to` target serves instead.
+        let Some(_slot) = core.shared.capacity[provider].enter() else {
+            let e = Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "provider '{}' is at its concurrency limit",
+                    upstream.provider().name
+                ),
+            );
+            core.record_attempt(ctx, provider, None, None, Some(&e), Instant::now());
+            if next + 1 < targets.len() {
+                next += 1;
+                continue;
+            }
+            if let Some(degraded) = core.degrade_target(ctx).filter(|d| !targets.contains(d)) {
+                targets.push(degraded);
+                next += 1;
+                continue;
+            }
             return respond_error(down, ctx, &e, keep_alive).await;
         };
         let pool = &core.shared.pools[provider];

@@ -22,7 +22,7 @@ use monoio_rustls::TlsAcceptor;
 use sluice_config::Config;
 
 use crate::metrics::CoreMetrics;
-use crate::pool::{KeyPool, RetryBudget};
+use crate::pool::{Capacity, KeyPool, RetryBudget};
 use crate::quota::store::Store;
 use crate::quota::Engine;
 use crate::worker::{self, Core};
@@ -44,6 +44,8 @@ pub struct Shared {
     pub pools: Vec<KeyPool>,
     /// Retries as a share of traffic, node-wide.
     pub retry_budget: RetryBudget,
+    /// Per provider: requests in flight against `max_concurrency`.
+    pub capacity: Vec<Capacity>,
     /// Durable quota state (standalone node), when `quota.state_path` is set.
     pub store: Option<Store>,
     /// The audit file, for admin changes (written from the admin thread).
@@ -294,6 +296,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         store,
         pools: config.providers.iter().map(KeyPool::new).collect(),
         retry_budget: RetryBudget::new(config.retry.budget_ratio),
+        capacity: config.providers.iter().map(Capacity::new).collect(),
         admin_audit: Mutex::new(Some(admin_audit)),
         upstream_tls,
         listener_tls,

@@ -109,6 +109,13 @@ impl Core {
         out
     }
 
+    /// The routed model's cheaper target for when every target is unavailable.
+    pub fn degrade_target(&self, ctx: &RequestCtx) -> Option<Target> {
+        ctx.model
+            .and_then(|m| self.config.models.get(m))
+            .and_then(|m| m.degrade_to.clone())
+    }
+
     /// What makes the routed model fall back to its next target.
     pub fn fallback_on(&self, ctx: &RequestCtx) -> FallbackOn {
         ctx.model
