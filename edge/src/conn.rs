@@ -108,7 +108,11 @@ where
             };
         ctx.bytes_in += body.len() as u64;
         match Endpoint::resolve(&head.method, &head.path) {
-            Ok(endpoint) => ctx.endpoint = Some(endpoint),
+            Ok(endpoint) => {
+                ctx.endpoint = Some(endpoint);
+                // Early refusals (401, 400, 404) answer in the client's wire format.
+                ctx.client_wire = endpoint.wire();
+            }
             Err(kind) => {
                 let message = match kind {
                     ErrorKind::MethodNotAllowed => {

@@ -110,6 +110,14 @@ impl KeyPool {
         }
     }
 
+    /// Whether a key not in `tried` is usable now.
+    pub fn has_untried(&self, now: u64, tried: &[usize]) -> bool {
+        self.keys
+            .iter()
+            .enumerate()
+            .any(|(i, k)| !tried.contains(&i) && k.cooling_until_ns.load(Ordering::Acquire) <= now)
+    }
+
     /// Rest key `index` for `for_ns` (a 429/401/403 answer).
     pub fn cool(&self, index: usize, now: u64, for_ns: u64) {
         if let Some(key) = self.keys.get(index) {

@@ -173,9 +173,13 @@ where
                     ErrorKind::UpstreamTimeout => fallback_on.timeout,
                     _ => false,
                 };
-                if triggers && more && core.shared.retry_budget.try_retry() {
-                    next += 1;
-                    continue;
+                if triggers && more {
+                    if let Some(to) = elsewhere(&targets, next, pool, provider, &tried) {
+                        if core.shared.retry_budget.try_retry() {
+                            next = to;
+                            continue;
+                        }
+                    }
                 }
                 return respond_error(down, ctx, &e, keep_alive).await;
             }
@@ -190,13 +194,17 @@ where
                 pool.failed(k);
             }
         }
-        if fallback_on.status(status) && more && core.shared.retry_budget.try_retry() {
+        let retry_to = (fallback_on.status(status) && more)
+            .then(|| elsewhere(&targets, next, pool, provider, &tried))
+            .flatten()
+            .filter(|_| core.shared.retry_budget.try_retry());
+        if let Some(to) = retry_to {
             // Not this one: drain its answer (keeping the connection) and move on.
             core.record_attempt(ctx, provider, key_index, Some(status), None, started);
             core.metrics
                 .upstream_error(provider, ErrorKind::UpstreamStatus);
             discard(upstream, response).await;
-            next += 1;
+            next = to;
             continue;
         }
         core.record_attempt(ctx, provider, key_index, Some(status), None, started);
@@ -211,10 +219,14 @@ where
                     if let Some(a) = ctx.attempts.last_mut() {
                         a.error = Some(e.kind.as_str());
                     }
-                    if more && core.shared.retry_budget.try_retry() {
+                    let retry_to = more
+                        .then(|| elsewhere(&targets, next, pool, provider, &tried))
+                        .flatten()
+                        .filter(|_| core.shared.retry_budget.try_retry());
+                    if let Some(to) = retry_to {
                         ctx.usage = Default::default();
                         ctx.completion_text.clear();
-                        next += 1;
+                        next = to;
                         continue;
                     }
                     return respond_error(down, ctx, &e, keep_alive).await;
@@ -225,6 +237,28 @@ where
     }
     let e = Error::new(ErrorKind::UpstreamStatus, "every attempt failed");
     respond_error(down, ctx, &e, keep_alive).await
+}
+
+/// Where a failed attempt can go next: the next target, or the same one
+/// with a key this request has not tried. `None`: nowhere — the failure
+/// goes to the client as it is.
+fn elsewhere(
+    targets: &[sluice_config::Target],
+    current: usize,
+    pool: &pool::KeyPool,
+    provider: usize,
+    tried: &[(usize, usize)],
+) -> Option<usize> {
+    if current + 1 < targets.len() {
+        return Some(current + 1);
+    }
+    let keys_tried: Vec<usize> = tried
+        .iter()
+        .filter(|(p, _)| *p == provider)
+        .map(|(_, k)| *k)
+        .collect();
+    pool.has_untried(pool::now_ns(), &keys_tried)
+        .then_some(current)
 }
 
 /// A `Retry-After` header in seconds (RFC 9110 §10.2.3; the date form is
@@ -306,6 +340,10 @@ fn client_head(
         headers.push((name, value.as_bytes()));
     }
     headers.push(("x-request-id", ctx.id.as_bytes()));
+    if ctx.client_wire == Wire::Anthropic {
+        // Anthropic's SDKs read the request id from `request-id`.
+        headers.push(("request-id", ctx.id.as_bytes()));
+    }
     let len;
     match framing {
         Framing::Length(n) => {

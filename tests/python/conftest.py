@@ -8,8 +8,12 @@ What the session fixture builds, in order:
 2. ``sluice-mock --listen 127.0.0.1:0 --api-key <key>``; its port is read
    from the ``listening on ADDR`` line on stdout;
 3. a sluice config (TLS listener and admin on port 0, two workers, the mock
-   as provider, consumer ``py``/``sk-py``, audit flushed every 50 ms), checked
-   with ``sluice check-config`` first so a bad file fails with its errors;
+   as providers of both wire formats: ``mock`` of kind ``openai`` at
+   ``/v1`` and ``anth`` of kind ``anthropic`` at the bare address, so sluice
+   speaks Anthropic's Messages API to it, plus a spare of each kind for the
+   tests that make a provider answer 429, which rests its key; consumer
+   ``py``/``sk-py``, audit flushed every 50 ms), checked with
+   ``sluice check-config`` first so a bad file fails with its errors;
 4. ``sluice --config FILE``; the listener and admin ports come from its
    ``listening on https://ADDR`` / ``admin on http://ADDR`` lines; the
    session waits until ``/readyz`` answers 200.
@@ -58,6 +62,19 @@ CONSUMER_KEY = "sk-py"
 MOCK_KEY = "mock-key-for-python-tests"
 #: Models configured in sluice, with the tokenizer each is counted with.
 MODELS = {"gpt-4o-mini": "o200k_base", "text-embedding-3-small": "cl100k_base"}
+#: The second provider: the same mock, spoken to in Anthropic's wire format.
+ANTHROPIC_PROVIDER = "anth"
+#: The public model routed to it, and the name sluice sends upstream.
+ANTHROPIC_MODEL = "claude-test"
+ANTHROPIC_UPSTREAM_MODEL = "claude-sonnet-4-5"
+#: Spare providers, one per wire format, each with one model, for tests that
+#: script an upstream 429: sluice rests a key that got 429 (for its
+#: Retry-After), which must not turn the other tests' answers into 429s.
+#: public model -> (provider, kind, upstream model)
+RATE_LIMITED_MODELS = {
+    "gpt-limited": ("mock-limited", "openai", "gpt-4o-mini"),
+    "claude-limited": ("anth-limited", "anthropic", ANTHROPIC_UPSTREAM_MODEL),
+}
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -328,11 +345,36 @@ def _toml_str(value: object) -> str:
     return json.dumps(str(value))
 
 
+def _provider(name: str, kind: str, mock_port: int) -> str:
+    # Anthropic's base URL has no /v1: sluice appends /v1/messages.
+    path = "/v1" if kind == "openai" else ""
+    return f"""\
+[[providers]]
+name = {_toml_str(name)}
+kind = {_toml_str(kind)}
+base_url = "http://127.0.0.1:{mock_port}{path}"
+api_key = {_toml_str(MOCK_KEY)}
+connect_timeout_ms = 2000
+first_byte_timeout_ms = 10000
+idle_timeout_ms = 10000
+"""
+
+
 def sluice_config(tls: TlsFiles, mock_port: int, audit_path: Path) -> str:
+    providers = [("mock", "openai"), (ANTHROPIC_PROVIDER, "anthropic")]
+    providers += [(p, kind) for p, kind, _ in RATE_LIMITED_MODELS.values()]
+    providers_toml = "\n".join(_provider(name, kind, mock_port) for name, kind in providers)
     models = "\n".join(
         f"[[models]]\nname = {_toml_str(name)}\nprovider = \"mock\"\n"
         f"encoding = {_toml_str(encoding)}\n"
         for name, encoding in MODELS.items()
+    )
+    routed = {ANTHROPIC_MODEL: (ANTHROPIC_PROVIDER, ANTHROPIC_UPSTREAM_MODEL)}
+    routed.update({m: (p, up) for m, (p, _, up) in RATE_LIMITED_MODELS.items()})
+    models += "".join(
+        f"\n[[models]]\nname = {_toml_str(name)}\nprovider = {_toml_str(provider)}\n"
+        f"upstream_model = {_toml_str(upstream)}\n"
+        for name, (provider, upstream) in routed.items()
     )
     return f"""\
 # Written by tests/python/conftest.py for one test session.
@@ -347,15 +389,7 @@ address = "127.0.0.1:0"
 count = 2
 drain_timeout_ms = 5000
 
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:{mock_port}/v1"
-api_key = {_toml_str(MOCK_KEY)}
-connect_timeout_ms = 2000
-first_byte_timeout_ms = 10000
-idle_timeout_ms = 10000
-
+{providers_toml}
 {models}
 [[consumers]]
 name = {_toml_str(CONSUMER)}
@@ -386,6 +420,12 @@ class Gateway:
     audit_path: Path
     sluice: Process
     mock: Process
+
+    @property
+    def origin(self) -> str:
+        """https://127.0.0.1:PORT: the base URL for the anthropic SDK, which
+        adds ``/v1/messages`` itself."""
+        return self.base_url.removesuffix("/v1")
 
     def audit_record(self, request_id: str, timeout: float = AUDIT_TIMEOUT_S) -> dict:
         """The audit record of ``request_id``, waiting for the flush."""
