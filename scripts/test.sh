@@ -29,7 +29,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # Quick when everything is installed already; needs PyPI the first time.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-.venv/bin/python -c 'import openai, httpx, pytest, cryptography; print("openai", openai.__version__, "| httpx", httpx.__version__, "| pytest", pytest.__version__)'
+.venv/bin/python -c 'import openai, anthropic, httpx, pytest, cryptography; print("openai", openai.__version__, "| anthropic", anthropic.__version__, "| pytest", pytest.__version__)'
 
 phase "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
