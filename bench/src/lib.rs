@@ -13,5 +13,7 @@
 //! several targets (direct, nginx, sluice, …) with CPU pinning and /proc
 //! accounting (`sluice-bench compare`).
 
+pub mod compare;
 pub mod load;
 pub mod mock;
+pub mod report;

@@ -284,7 +284,9 @@ fn messages_auth_and_errors_are_anthropic_shaped() {
     let mock = start();
     let mut c = Client::connect(mock.addr);
     let body = request(false).to_string();
-    let cases: [(&[(&str, &str)], &str, u16, &str); 5] = [
+    // (headers, body, status, error type)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+    let cases: [Case<'_>; 5] = [
         (&[], &body, 401, "authentication_error"),
         (
             &[("x-api-key", "wrong")],
@@ -292,9 +294,8 @@ fn messages_auth_and_errors_are_anthropic_shaped() {
             401,
             "authentication_error",
         ),
-        // A bearer token is not how Anthropic takes its key.
         (
-            &[("Authorization", "Bearer sk-ant-test")],
+            &[("Authorization", "Bearer wrong")],
             &body,
             401,
             "authentication_error",

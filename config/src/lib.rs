@@ -9,8 +9,11 @@
 //! below (`SocketAddr`, `Duration`, `NonZeroUsize`, `BaseUrl`, key hashes,
 //! model -> provider indices, per-consumer [`LimitSet`]s with the defaults
 //! merged in, budgets in integer micro-units, upstream key pools, fallback
-//! [`Target`]s and the [`Retry`] policy). Findings that do not stop the
-//! gateway, such as a plain-text consumer key, land in [`Config::warnings`].
+//! [`Target`]s and the [`Retry`] policy, endpoint [`Health`] settings, model
+//! name patterns ([`ModelMatch`]) and canary/A-B [`Variant`]s). Findings
+//! that do not stop the gateway, such as a plain-text consumer key, land in
+//! [`Config::warnings`]; [`Config::route`] finds the entry for a requested
+//! model name.
 //!
 //! Nothing here opens sockets or spawns threads; the only I/O is reading the
 //! file, checking that TLS/CA files are readable, reading the `*_env`
@@ -21,8 +24,10 @@ mod base_url;
 mod cluster;
 mod error;
 mod failover;
+mod health;
 mod quota;
 mod raw;
+mod routing;
 mod span;
 mod validation;
 
@@ -41,7 +46,9 @@ pub use base_url::BaseUrl;
 pub use cluster::{Cluster, RedisUrl};
 pub use error::{ConfigError, ConfigErrors};
 pub use failover::{FallbackOn, KeySelection, Retry, StatusMatch, Target, UpstreamKey};
+pub use health::{ActiveCheck, Health};
 pub use quota::{LimitSet, Price, Quota};
+pub use routing::{expand, ModelMatch, Sticky, Variant};
 
 /// A validated configuration. Built only by [`Config::from_toml_str`] and
 /// [`Config::load`], so every value in it has passed validation.
@@ -57,7 +64,9 @@ pub struct Config {
     pub limits: Limits,
     /// Upstream providers; never empty. [`Model::provider`] indexes this.
     pub providers: Vec<Provider>,
-    /// Public models; never empty, names unique.
+    /// Public models; never empty, names and exact matches unique. Found
+    /// by label with [`Config::model`], by requested name with
+    /// [`Config::route`].
     pub models: Vec<Model>,
     /// How failed requests are retried and fall back, for every model.
     pub retry: Retry,
@@ -93,10 +102,33 @@ impl Config {
         Self::from_toml_str(&source)
     }
 
-    /// Looks a model up by its public name; returns its index in
-    /// [`Config::models`] with it.
+    /// Looks a model up by its public name (its label in `allowed_models`,
+    /// `model_limits` and metrics); returns its index in [`Config::models`]
+    /// with it. To serve a request use [`Config::route`], which also
+    /// follows `match` patterns.
     pub fn model(&self, name: &str) -> Option<(usize, &Model)> {
         self.models.iter().enumerate().find(|(_, m)| m.name == name)
+    }
+
+    /// The model entry serving `requested`, with its index in
+    /// [`Config::models`] and the captures ([`ModelMatch::captures`]) that
+    /// [`expand`] fills the target's model name with. Exact names are tried
+    /// first, so an exact entry always wins over a pattern; then the
+    /// patterns, in file order. `None` = no entry serves it.
+    pub fn route(&self, requested: &str) -> Option<(usize, &Model, Vec<String>)> {
+        let exact = self
+            .models
+            .iter()
+            .enumerate()
+            .find(|(_, m)| matches!(&m.matcher, ModelMatch::Exact(name) if name == requested));
+        if let Some((index, model)) = exact {
+            return Some((index, model, vec![requested.to_string()]));
+        }
+        self.models
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.matcher.is_exact())
+            .find_map(|(index, m)| Some((index, m, m.matcher.captures(requested)?)))
     }
 }
 
@@ -172,8 +204,15 @@ pub struct Provider {
     pub name: String,
     /// Which API the server speaks.
     pub kind: ProviderKind,
-    /// Where the server is and which path prefix it uses.
+    /// Where the server is and which path prefix it uses: the first of
+    /// [`Provider::endpoints`], kept for code that uses one endpoint.
     pub base_url: BaseUrl,
+    /// Every endpoint of the server (`base_urls`, or `base_url` alone);
+    /// never empty, no two equal. Each has its own circuit.
+    pub endpoints: Vec<BaseUrl>,
+    /// When an endpoint's circuit opens and closes; the defaults unless
+    /// `health` is set.
+    pub health: Health,
     /// The first key of [`Provider::keys`]; `None` when the pool is empty
     /// (no key is sent). Kept for code that uses one key per provider.
     pub api_key: Option<String>,
@@ -212,6 +251,8 @@ impl fmt::Debug for Provider {
             .field("name", &self.name)
             .field("kind", &self.kind)
             .field("base_url", &self.base_url)
+            .field("endpoints", &self.endpoints)
+            .field("health", &self.health)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("keys", &self.keys)
             .field("key_selection", &self.key_selection)
@@ -282,11 +323,20 @@ impl ProviderKind {
 /// A model clients may ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Model {
-    /// Public name clients send in `"model"`; unique.
+    /// Public name: clients send it in `"model"` unless `match` says
+    /// otherwise; the label of `allowed_models`, `model_limits`, metrics and
+    /// the audit log. Unique.
     pub name: String,
-    /// Index of its provider in [`Config::providers`].
+    /// Which requested names this entry serves; `Exact(name)` unless
+    /// `match` is set.
+    pub matcher: ModelMatch,
+    /// Index of its provider in [`Config::providers`]. With
+    /// [`Model::variants`], the first variant's.
     pub provider: usize,
-    /// Name sent upstream in place of `name`; defaults to `name`.
+    /// Name sent upstream in place of the requested one, a template for
+    /// [`expand`]; defaults to the exact name served (`name`, or an exact
+    /// `match`), or to `$0` (the requested name) when `match` is a pattern.
+    /// With [`Model::variants`], the first variant's.
     pub upstream_model: String,
     /// Tokenizer used to count its tokens.
     pub encoding: Encoding,
@@ -294,13 +344,23 @@ pub struct Model {
     /// Charged whichever target serves the request.
     pub price: Option<Price>,
     /// Targets tried in order after the primary one (`provider`,
-    /// `upstream_model`); may be empty.
+    /// `upstream_model`); may be empty. With [`Model::variants`], the first
+    /// variant's.
     pub fallbacks: Vec<Target>,
     /// Which failures move a request on to the next attempt.
     pub fallback_on: FallbackOn,
     /// Used instead of failing when no target can take the request (every
     /// circuit open or every provider at `max_concurrency`); `None` fails.
     pub degrade_to: Option<Target>,
+    /// A canary or A/B split; each variant has its own target and
+    /// fallbacks. Empty = no split: `provider`, `upstream_model` and
+    /// `fallbacks` serve every request.
+    pub variants: Vec<Variant>,
+    /// What keeps a user on one variant; [`Sticky::Consumer`] by default.
+    pub sticky: Sticky,
+    /// A request header (lower-cased) whose value names the variant to use,
+    /// overriding the weights; `None` = the weights always decide.
+    pub variant_header: Option<String>,
 }
 
 impl Model {
@@ -310,6 +370,29 @@ impl Model {
             provider: self.provider,
             upstream_model: self.upstream_model.clone(),
         }
+    }
+
+    /// The variant called `name`, e.g. from the [`Model::variant_header`].
+    pub fn variant(&self, name: &str) -> Option<&Variant> {
+        self.variants.iter().find(|v| v.name == name)
+    }
+
+    /// The variant for a request whose [`Sticky`] key hashes to `hash` (or
+    /// a random number): each variant owns a share of `0..sum of weights`
+    /// as large as its weight, in config order, and `hash % sum` falls in
+    /// one. The same hash always picks the same variant while the weights
+    /// stay the same. `None` when the model has no variants.
+    pub fn pick_variant(&self, hash: u64) -> Option<&Variant> {
+        let total: u64 = self.variants.iter().map(|v| u64::from(v.weight)).sum();
+        let mut point = hash.checked_rem(total)?;
+        for variant in &self.variants {
+            let weight = u64::from(variant.weight);
+            if point < weight {
+                return Some(variant);
+            }
+            point -= weight;
+        }
+        None
     }
 }
 

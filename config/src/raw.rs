@@ -6,8 +6,8 @@
 //! Keys the file may leave out are `Option` or `#[serde(default)]`; even keys
 //! that are required are `Option` here, so that a missing one is reported by
 //! `validate` together with every other finding instead of stopping serde.
-//! Enumerations (`kind`, `encoding`, `key_selection`, `fallback_on`) stay
-//! strings for the same reason.
+//! Enumerations (`kind`, `encoding`, `key_selection`, `fallback_on`,
+//! `sticky`) and patterns (`match`) stay strings for the same reason.
 //! Nothing here is used outside this crate: `validate` turns it into `Config`.
 
 use std::collections::BTreeMap;
@@ -125,8 +125,17 @@ pub(crate) struct RawProvider {
     pub name: Option<String>,
     /// API flavour; only `"openai"` (the default) exists today.
     pub kind: Option<String>,
-    /// `http(s)://host[:port][/prefix]`; required.
+    /// `http(s)://host[:port][/prefix]`; required unless `base_urls` is
+    /// set, and excludes it.
     pub base_url: Option<String>,
+    /// `base_urls = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]`:
+    /// several endpoints of the same server, each with its own circuit;
+    /// excludes `base_url`.
+    pub base_urls: Option<Vec<String>>,
+    /// `health = { failures_to_eject = 5, ... }`: when an endpoint's
+    /// circuit opens and how it is probed; absent = the defaults.
+    #[serde(default)]
+    pub health: RawHealth,
     /// The upstream key written inline (key id `"primary"`); excludes
     /// `key_env`.
     pub api_key: Option<String>,
@@ -159,6 +168,26 @@ pub(crate) struct RawProvider {
     pub max_concurrency: Option<u64>,
 }
 
+/// A provider's `health` table. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    /// Consecutive failures (connect error, timeout, 5xx) that open an
+    /// endpoint's circuit; default 5, 1..=1000.
+    pub failures_to_eject: Option<u64>,
+    /// How long a circuit stays open the first time; doubles on each
+    /// re-open. Default 1000.
+    pub base_ejection_ms: Option<u64>,
+    /// Longest a circuit stays open; default 60000, >= `base_ejection_ms`.
+    pub max_ejection_ms: Option<u64>,
+    /// Active check: `GET` on the base path followed by this, 2xx =
+    /// healthy, e.g. `"/models"`; needs `check_interval_ms`.
+    pub check_path: Option<String>,
+    /// Time between two active checks of one endpoint, 100..=3600000;
+    /// needs `check_path`.
+    pub check_interval_ms: Option<u64>,
+}
+
 /// One entry of a provider's `api_keys` array.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,18 +204,36 @@ pub(crate) struct RawUpstreamKey {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawModel {
-    /// Public model name clients send in `"model"`; required, unique.
+    /// Public model name clients send in `"model"` (unless `match` is set)
+    /// and the label of limits and metrics; required, unique.
     pub name: Option<String>,
-    /// Name of the provider serving it; required.
+    /// Requested names this entry serves: an exact name, a wildcard with
+    /// `*` (`"gpt-4o-*"`), or `"re:<regex>"`; default: `name`.
+    #[serde(rename = "match")]
+    pub matcher: Option<String>,
+    /// Name of the provider serving it; required unless `variants` is set,
+    /// and excludes it.
     pub provider: Option<String>,
-    /// Model name sent upstream; default: `name`.
+    /// Model name sent upstream, a template (`$1`, `${name}`, `$0`, `*`);
+    /// default: the exact name served (`name` or an exact `match`), or
+    /// `"$0"` (the requested name) when `match` is a pattern. With
+    /// `variants`, the default of each variant's `model`.
     pub upstream_model: Option<String>,
+    /// `variants = [{ name = "stable", weight = 90, provider = "openai" }]`:
+    /// a canary or A/B split, each variant with its own target.
+    pub variants: Option<Vec<RawVariant>>,
+    /// Key hashed to keep a user on one variant: `"consumer"` (the
+    /// default), `"header:<name>"` or `"none"`.
+    pub sticky: Option<String>,
+    /// Request header whose value names the variant to use.
+    pub variant_header: Option<String>,
     /// Tokenizer used to count tokens; default `"o200k_base"`.
     pub encoding: Option<String>,
     /// `price = { input_per_million = 0.15, ... }`; absent = costs nothing.
     pub price: Option<RawPrice>,
     /// `fallbacks = [{ provider = "azure", model = "gpt4o" }]`: targets
-    /// tried in order after the primary one.
+    /// tried in order after the primary one; with `variants`, set on each
+    /// variant instead.
     #[serde(default)]
     pub fallbacks: Vec<RawTarget>,
     /// Failures that move a request on: status codes (`"429"`), classes
@@ -198,13 +245,35 @@ pub(crate) struct RawModel {
     pub degrade_to: Option<RawTarget>,
 }
 
+/// One entry of a model's `variants`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVariant {
+    /// Unique within the model; 1..=64 of `A-Z a-z 0-9 . _ -`; required.
+    pub name: Option<String>,
+    /// Share of requests, 0..=10000, relative to the other variants;
+    /// required.
+    pub weight: Option<u64>,
+    /// Name of the provider serving it; required.
+    pub provider: Option<String>,
+    /// Model name sent to it, a template like `upstream_model`; default:
+    /// the model's `upstream_model`.
+    pub model: Option<String>,
+    /// Targets tried in order after this variant's own; `model` defaults to
+    /// the variant's.
+    #[serde(default)]
+    pub fallbacks: Vec<RawTarget>,
+}
+
 /// One entry of a model's `fallbacks`, or its `degrade_to`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTarget {
     /// Name of the provider; required.
     pub provider: Option<String>,
-    /// Model name sent to it; default: the model's `upstream_model`.
+    /// Model name sent to it, a template like `upstream_model`; default:
+    /// the model's `upstream_model` (a variant's `model` for the variant's
+    /// fallbacks).
     pub model: Option<String>,
 }
 

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{
-    sha256_hex, Config, ConfigErrors, Encoding, FallbackOn, KeySelection, LimitSet, Price,
-    ProviderKind, Retry, StatusMatch, Target, UpstreamKey,
+    expand, sha256_hex, ActiveCheck, Config, ConfigErrors, Encoding, FallbackOn, Health,
+    KeySelection, LimitSet, ModelMatch, Price, ProviderKind, Retry, StatusMatch, Sticky, Target,
+    UpstreamKey, Variant,
 };
 
 /// The smallest valid config: one listener, provider and model.
@@ -629,7 +630,8 @@ fn every_example_loads() {
             "cluster.toml",
             "fallback.toml",
             "openai.toml",
-            "quickstart.toml"
+            "quickstart.toml",
+            "routing.toml"
         ]
     );
 }
@@ -2008,5 +2010,888 @@ fn fallback_example_matches_its_description() {
             "providers[0].api_keys[0]: plain-text key in the config file; use key_env instead",
             "consumers[0].keys[0]: plain-text key; store its sha256 instead",
         ]
+    );
+}
+
+// ----- routing: endpoints and health, model patterns, variants ----------------
+
+/// The issue's sample: a provider with two endpoints and health settings, a
+/// regex route with captures, and a 90/10 split with sticky consumers.
+const ROUTING: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[[providers]]
+name = "vllm"
+base_urls = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]
+health = { failures_to_eject = 5, base_ejection_ms = 1000, max_ejection_ms = 60000, check_path = "/models", check_interval_ms = 5000 }
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "https://api.anthropic.com"
+
+[[providers]]
+name = "openai"
+base_url = "https://api.openai.com/v1"
+
+[[providers]]
+name = "azure"
+kind = "azure-openai"
+base_url = "https://example.openai.azure.com"
+
+[[models]]
+name = "claude-any"
+match = "re:^claude-(.*)$"
+provider = "anthropic"
+upstream_model = "claude-$1"
+
+[[models]]
+name = "gpt-4o"
+variants = [
+  { name = "stable", weight = 90, provider = "openai", model = "gpt-4o" , fallbacks = [ { provider = "azure" } ] },
+  { name = "canary", weight = 10, provider = "openai", model = "gpt-4.1" },
+]
+sticky = "consumer"
+variant_header = "x-sluice-variant"
+"#;
+
+/// A listener, the providers "mock" and "backup", and `models` (whole
+/// `[[models]]` entries).
+fn with_models(models: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+         [[providers]]\nname = \"mock\"\nbase_url = \"http://127.0.0.1:9000/v1\"\n\
+         [[providers]]\nname = \"backup\"\nbase_url = \"http://127.0.0.1:9002/v1\"\n\
+         {models}\n"
+    )
+}
+
+/// A `Target` from a provider index and a model name.
+fn target(provider: usize, upstream_model: &str) -> Target {
+    Target {
+        provider,
+        upstream_model: upstream_model.into(),
+    }
+}
+
+/// Strings from string literals, for comparing captures.
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn routing_sample_is_read() {
+    let config = ok(ROUTING);
+
+    let vllm = &config.providers[0];
+    let endpoints: Vec<String> = vllm.endpoints.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        endpoints,
+        ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]
+    );
+    // `base_url` stays the first endpoint.
+    assert_eq!(vllm.base_url, vllm.endpoints[0]);
+    assert_eq!(
+        vllm.health,
+        Health {
+            failures_to_eject: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(60),
+            check: Some(ActiveCheck {
+                path: "/models".into(),
+                interval: Duration::from_secs(5),
+            }),
+        }
+    );
+    let anthropic = &config.providers[1];
+    assert_eq!(
+        anthropic.endpoints,
+        std::slice::from_ref(&anthropic.base_url)
+    );
+    assert_eq!(anthropic.health, Health::default());
+
+    let claude = &config.models[0];
+    assert!(matches!(claude.matcher, ModelMatch::Regex(_)));
+    assert_eq!(claude.matcher.to_string(), "re:^claude-(.*)$");
+    assert_eq!(claude.primary(), target(1, "claude-$1"));
+    assert!(claude.variants.is_empty());
+    let (index, model, captures) = config.route("claude-sonnet-4-5").unwrap();
+    assert_eq!(index, 0);
+    assert_eq!(captures, ["claude-sonnet-4-5", "sonnet-4-5"]);
+    assert_eq!(
+        expand(&model.upstream_model, &captures),
+        "claude-sonnet-4-5"
+    );
+
+    let split = &config.models[1];
+    assert_eq!(split.matcher, ModelMatch::Exact("gpt-4o".into()));
+    assert_eq!(
+        split.variants,
+        [
+            Variant {
+                name: "stable".into(),
+                weight: 90,
+                target: target(2, "gpt-4o"),
+                // The fallback's model defaults to the variant's.
+                fallbacks: vec![target(3, "gpt-4o")],
+            },
+            Variant {
+                name: "canary".into(),
+                weight: 10,
+                target: target(2, "gpt-4.1"),
+                fallbacks: Vec::new(),
+            },
+        ]
+    );
+    // The first variant stands in for the primary target and fallbacks.
+    assert_eq!(split.primary(), split.variants[0].target);
+    assert_eq!(split.fallbacks, split.variants[0].fallbacks);
+    assert_eq!(split.sticky, Sticky::Consumer);
+    assert_eq!(split.variant_header.as_deref(), Some("x-sluice-variant"));
+    assert_eq!(split.variant("canary").map(|v| v.weight), Some(10));
+    assert!(split.variant("beta").is_none());
+    let (index, _, captures) = config.route("gpt-4o").unwrap();
+    assert_eq!((index, captures), (1, strings(&["gpt-4o"])));
+    assert!(config.route("gpt-4o-mini").is_none());
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn routing_defaults() {
+    let config = ok(MINIMAL);
+    let provider = &config.providers[0];
+    assert_eq!(provider.endpoints, std::slice::from_ref(&provider.base_url));
+    assert_eq!(
+        provider.health,
+        Health {
+            failures_to_eject: 5,
+            base_ejection: Duration::from_millis(1000),
+            max_ejection: Duration::from_millis(60000),
+            check: None,
+        }
+    );
+    let model = &config.models[0];
+    assert_eq!(model.matcher, ModelMatch::Exact("gpt-4o-mini".into()));
+    assert!(model.variants.is_empty());
+    assert_eq!(model.sticky, Sticky::Consumer);
+    assert_eq!(model.variant_header, None);
+    assert_eq!(model.pick_variant(7), None);
+    let (index, _, captures) = config.route("gpt-4o-mini").unwrap();
+    assert_eq!((index, captures), (0, strings(&["gpt-4o-mini"])));
+    assert!(config.route("gpt-4o").is_none());
+
+    // Keys of `health` left out keep their defaults; one base_urls entry is
+    // one endpoint.
+    let config = ok(&with_failover(
+        "health = { check_path = \"/health?deep=1\", check_interval_ms = 100 }",
+        "",
+    ));
+    assert_eq!(
+        config.providers[0].health,
+        Health {
+            check: Some(ActiveCheck {
+                path: "/health?deep=1".into(),
+                interval: Duration::from_millis(100),
+            }),
+            ..Health::default()
+        }
+    );
+    let config = ok(&MINIMAL.replace("base_url = ", "base_urls = [\"https://a.example\"]\n#"));
+    let provider = &config.providers[0];
+    assert_eq!(provider.endpoints.len(), 1);
+    assert_eq!(provider.base_url.to_string(), "https://a.example");
+}
+
+#[test]
+fn base_urls_errors_have_paths() {
+    let e = errors(
+        "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+         [[providers]]\nname = \"both\"\nbase_url = \"http://127.0.0.1:9000/v1\"\n\
+         base_urls = [\"http://127.0.0.1:9001/v1\"]\n\
+         [[providers]]\nname = \"empty\"\nbase_urls = []\n\
+         [[providers]]\nname = \"bad\"\nbase_urls = [\"http://127.0.0.1:9000/v1\", \"ftp://x\", \
+         \"http://127.0.0.1:9000/v1/\", \"HTTP://127.0.0.1:80/v1\", \"http://127.0.0.1:9001\"]\n\
+         [[providers]]\nname = \"none\"\n\
+         [[models]]\nname = \"m\"\nprovider = \"both\"\n",
+    );
+    assert_eq!(
+        e.paths(),
+        [
+            "providers[0].base_urls",
+            "providers[1].base_urls",
+            "providers[2].base_urls[1]",
+            "providers[2].base_urls[2]",
+            "providers[3].base_url",
+        ],
+        "\n{e}"
+    );
+    assert_eq!(e.0[0].message, "set either base_url or base_urls, not both");
+    assert!(e.0[1]
+        .message
+        .starts_with("an empty list names no endpoint"));
+    assert!(e.0[2].message.contains("unsupported scheme \"ftp\""));
+    assert_eq!(e.0[3].message, "same endpoint as providers[2].base_urls[0]");
+    assert!(e.0[4]
+        .message
+        .contains("or list several endpoints in base_urls"));
+
+    // Same scheme, host, port and path, however written.
+    let e = errors(&MINIMAL.replace(
+        "base_url = \"http://127.0.0.1:9000/v1\"",
+        "base_urls = [\"http://127.0.0.1/v1\", \"HTTP://127.0.0.1:80/v1/\"]",
+    ));
+    assert_eq!(e.paths(), ["providers[0].base_urls[1]"], "\n{e}");
+}
+
+#[test]
+fn plain_http_endpoints_warn_one_by_one() {
+    let file = existing_file();
+    let config = ok(&MINIMAL.replace(
+        "base_url = \"http://127.0.0.1:9000/v1\"",
+        &format!(
+            "base_urls = [\"https://a.example/v1\", \"http://10.0.0.2/v1\", \"http://127.0.0.1/v1\"]\n\
+             api_key = \"k\"\nca_file = \"{file}\""
+        ),
+    ));
+    assert_eq!(
+        config.warnings,
+        ["providers[0].base_urls[1]: the upstream key is sent over plain http to a non-loopback \
+          host; use https"]
+    );
+    let config = ok(&MINIMAL.replace(
+        "base_url = \"http://127.0.0.1:9000/v1\"",
+        &format!(
+            "base_urls = [\"http://10.0.0.1/v1\", \"http://10.0.0.2/v1\"]\nca_file = \"{file}\""
+        ),
+    ));
+    assert_eq!(
+        config.warnings,
+        ["providers[0].ca_file: unused: every endpoint in base_urls is plain http"]
+    );
+}
+
+#[test]
+fn health_errors_have_paths() {
+    let health = |keys: &str| with_failover(&format!("health = {{ {keys} }}"), "");
+    // Bounds are inclusive.
+    for keys in [
+        "failures_to_eject = 1, base_ejection_ms = 1, max_ejection_ms = 1",
+        "failures_to_eject = 1000, base_ejection_ms = 3600000, max_ejection_ms = 3600000",
+        "check_path = \"/\", check_interval_ms = 3600000",
+    ] {
+        ok(&health(keys));
+    }
+    let at = "providers[0].health";
+    for (keys, paths) in [
+        ("failures_to_eject = 0", vec!["failures_to_eject"]),
+        ("failures_to_eject = 1001", vec!["failures_to_eject"]),
+        ("base_ejection_ms = 0", vec!["base_ejection_ms"]),
+        ("max_ejection_ms = 3600001", vec!["max_ejection_ms"]),
+        // Above the default max of 60000.
+        ("base_ejection_ms = 120000", vec!["max_ejection_ms"]),
+        ("check_path = \"/models\"", vec!["check_interval_ms"]),
+        ("check_interval_ms = 5000", vec!["check_path"]),
+        (
+            "check_path = \"models\", check_interval_ms = 99",
+            vec!["check_path", "check_interval_ms"],
+        ),
+        (
+            "check_path = \"/a b\", check_interval_ms = 3600001",
+            vec!["check_path", "check_interval_ms"],
+        ),
+        (
+            "check_path = \"/a#b\", check_interval_ms = 1000",
+            vec!["check_path"],
+        ),
+    ] {
+        let e = errors(&health(keys));
+        let expected: Vec<String> = paths.iter().map(|p| format!("{at}.{p}")).collect();
+        assert_eq!(e.paths(), expected, "{keys}\n{e}");
+    }
+    let message = |keys: &str| errors(&health(keys)).0[0].message.clone();
+    assert_eq!(message("failures_to_eject = 0"), "must be > 0 (max 1000)");
+    assert_eq!(
+        message("base_ejection_ms = 120000"),
+        "60000 is less than providers[0].health.base_ejection_ms (120000)"
+    );
+    assert!(message("check_path = \"/models\"")
+        .starts_with("missing; an active check needs check_path and check_interval_ms"));
+    assert_eq!(
+        message("check_path = \"/m\", check_interval_ms = 99"),
+        "99 is out of range 100..=3600000"
+    );
+}
+
+#[test]
+fn every_match_form_routes() {
+    let config = ok(&with_models(
+        r#"
+[[models]]
+name = "gpt-4o"
+provider = "mock"
+[[models]]
+name = "gpt-4o-family"
+match = "gpt-4o-*"
+provider = "mock"
+[[models]]
+name = "minis"
+match = "*-mini"
+provider = "backup"
+upstream_model = "small/*"
+[[models]]
+name = "latest"
+match = "claude-*-latest"
+provider = "backup"
+[[models]]
+name = "claude"
+match = 're:^claude-(\d)-(?<tier>[a-z]+)$'
+provider = "backup"
+upstream_model = "anthropic/claude-${tier}-$1"
+[[models]]
+name = "alias"
+match = "default"
+provider = "mock"
+"#,
+    ));
+    let kinds: Vec<String> = config
+        .models
+        .iter()
+        .map(|m| match &m.matcher {
+            ModelMatch::Exact(s) => format!("exact {s}"),
+            ModelMatch::Wildcard(s) => format!("wildcard {s}"),
+            ModelMatch::Regex(r) => format!("regex {}", r.as_str()),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "exact gpt-4o",
+            "wildcard gpt-4o-*",
+            "wildcard *-mini",
+            "wildcard claude-*-latest",
+            r"regex ^claude-(\d)-(?<tier>[a-z]+)$",
+            "exact default",
+        ]
+    );
+    // A pattern sends the requested name unless told otherwise; an exact
+    // `match` sends what it matched; named groups are stored as numbers.
+    let upstream: Vec<&str> = config
+        .models
+        .iter()
+        .map(|m| m.upstream_model.as_str())
+        .collect();
+    assert_eq!(
+        upstream,
+        [
+            "gpt-4o",
+            "$0",
+            "small/*",
+            "$0",
+            "anthropic/claude-${2}-$1",
+            "default"
+        ]
+    );
+
+    let route = |requested: &str| {
+        config.route(requested).map(|(index, model, captures)| {
+            let sent = expand(&model.upstream_model, &captures);
+            (index, captures, sent)
+        })
+    };
+    for (requested, index, captures, sent) in [
+        ("gpt-4o", 0, vec!["gpt-4o"], "gpt-4o"),
+        (
+            "gpt-4o-2024-08-06",
+            1,
+            vec!["gpt-4o-2024-08-06"],
+            "gpt-4o-2024-08-06",
+        ),
+        // Both wildcards fit; the earlier entry wins.
+        ("gpt-4o-mini", 1, vec!["gpt-4o-mini"], "gpt-4o-mini"),
+        ("o4-mini", 2, vec!["o4-mini"], "small/o4-mini"),
+        (
+            "claude-3-5-sonnet-latest",
+            3,
+            vec!["claude-3-5-sonnet-latest"],
+            "claude-3-5-sonnet-latest",
+        ),
+        (
+            "claude-4-opus",
+            4,
+            vec!["claude-4-opus", "4", "opus"],
+            "anthropic/claude-opus-4",
+        ),
+        ("default", 5, vec!["default"], "default"),
+    ] {
+        assert_eq!(
+            route(requested),
+            Some((index, strings(&captures), sent.to_string())),
+            "{requested}"
+        );
+    }
+    for unserved in ["alias", "gpt-4", "claude-42-opus", "claude-4-opus-x", ""] {
+        assert_eq!(route(unserved), None, "{unserved}");
+    }
+    // Labels still find entries whose `match` differs from their name.
+    assert_eq!(config.model("alias").map(|(i, _)| i), Some(5));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn exact_names_win_over_patterns() {
+    let config = ok(&with_models(
+        "[[models]]\nname = \"catch-all\"\nmatch = \"*\"\nprovider = \"backup\"\n\
+         [[models]]\nname = \"gpt-4o-family\"\nmatch = \"gpt-4o-*\"\nprovider = \"mock\"\n\
+         [[models]]\nname = \"gpt-4o-mini\"\nprovider = \"mock\"\n\
+         [[models]]\nname = \"pinned\"\nmatch = \"gpt-4o-2024-08-06\"\nprovider = \"mock\"\n",
+    ));
+    let index = |requested: &str| config.route(requested).map(|(i, _, _)| i);
+    // Exact entries win wherever they stand in the file.
+    assert_eq!(index("gpt-4o-mini"), Some(2));
+    assert_eq!(index("gpt-4o-2024-08-06"), Some(3));
+    // Patterns go in file order: the catch-all shadows the later one.
+    assert_eq!(index("gpt-4o-x"), Some(0));
+    assert_eq!(index("anything"), Some(0));
+    assert_eq!(index(""), Some(0));
+}
+
+#[test]
+fn match_and_template_errors_have_paths() {
+    let e = errors(&with_models(
+        r#"
+[[models]]
+name = "a"
+match = "re:^claude-("
+provider = "mock"
+[[models]]
+name = "b"
+match = ""
+provider = "mock"
+[[models]]
+name = "c"
+match = "gpt-4o-mini"
+provider = "mock"
+[[models]]
+name = "gpt-4o-mini"
+provider = "mock"
+[[models]]
+name = "d"
+match = "gpt-4o-mini"
+provider = "mock"
+[[models]]
+name = "e*"
+provider = "mock"
+[[models]]
+name = "f"
+match = "f-*"
+provider = "mock"
+upstream_model = "x-$1"
+[[models]]
+name = "g"
+match = 're:^g-(\d)$'
+provider = "mock"
+upstream_model = "g-$2"
+fallbacks = [{ provider = "backup", model = "${nope}" }, { provider = "backup", model = "$1-${1}-$0-*-$$9" }]
+degrade_to = { provider = "backup", model = "${1" }
+[[models]]
+name = "h"
+provider = "mock"
+upstream_model = "h-$1"
+"#,
+    ));
+    let expected = [
+        "models[0].match",
+        "models[1].match",
+        "models[3].name",
+        "models[4].match",
+        "models[5].name",
+        "models[6].upstream_model",
+        "models[7].upstream_model",
+        "models[7].fallbacks[0].model",
+        "models[7].degrade_to.model",
+        "models[8].upstream_model",
+    ];
+    assert_eq!(e.paths(), expected, "\n{e}");
+    let message = |path: &str| {
+        e.0.iter()
+            .find(|err| err.path == path)
+            .map(|err| err.message.clone())
+            .unwrap()
+    };
+    // The regex crate's own message, on one line.
+    assert_eq!(
+        message("models[0].match"),
+        "regex parse error: unclosed group (column 9)"
+    );
+    assert!(message("models[1].match").starts_with("must not be empty"));
+    assert_eq!(
+        message("models[3].name"),
+        "\"gpt-4o-mini\" is already served by models[2]; one entry per exact name"
+    );
+    assert!(message("models[4].match").contains("already served by models[2]"));
+    assert!(message("models[5].name").contains("set upstream_model"));
+    assert_eq!(
+        message("models[6].upstream_model"),
+        "\"$1\" refers to group 1, but a wildcard has no groups; use $0 or * for the requested \
+         name, or a re: pattern"
+    );
+    assert_eq!(
+        message("models[7].upstream_model"),
+        "\"$2\" refers to group 2, but the pattern has 1"
+    );
+    assert_eq!(
+        message("models[7].fallbacks[0].model"),
+        "\"${nope}\": the pattern has no group named \"nope\""
+    );
+    assert!(message("models[7].degrade_to.model").starts_with("unclosed \"${\""));
+    assert!(message("models[8].upstream_model").contains("an exact name has no groups"));
+}
+
+#[test]
+fn templates_keep_escapes_and_number_named_groups() {
+    let config = ok(&with_models(
+        r#"
+[[models]]
+name = "g"
+match = 're:^(?<family>[a-z]+)-(?<size>\d+)b$'
+provider = "mock"
+upstream_model = "$${size}/${size}-${family}-${2}"
+fallbacks = [{ provider = "backup", model = "${family}" }, { provider = "backup" }]
+"#,
+    ));
+    let model = &config.models[0];
+    assert_eq!(model.upstream_model, "$${size}/${2}-${1}-${2}");
+    assert_eq!(
+        model.fallbacks,
+        [target(1, "${1}"), target(1, "$${size}/${2}-${1}-${2}")]
+    );
+    let (_, model, captures) = config.route("llama-70b").unwrap();
+    assert_eq!(
+        expand(&model.upstream_model, &captures),
+        "${size}/70-llama-70"
+    );
+}
+
+#[test]
+fn variants_are_read_with_their_defaults() {
+    let config = ok(&with_models(
+        r#"
+[[models]]
+name = "split"
+upstream_model = "base"
+variants = [
+  { name = "a.1", weight = 0, provider = "mock" },
+  { name = "B_2", weight = 10000, provider = "backup", model = "other", fallbacks = [{ provider = "backup" }, { provider = "mock" }] },
+]
+sticky = "header:X-Session-Id"
+variant_header = "X-Sluice-Variant"
+[[models]]
+name = "random"
+variants = [{ name = "only", weight = 1, provider = "backup" }]
+sticky = "none"
+[[models]]
+name = "plain"
+provider = "mock"
+sticky = "consumer"
+variant_header = "x-v"
+"#,
+    ));
+    let split = &config.models[0];
+    assert_eq!(
+        split.variants,
+        [
+            Variant {
+                name: "a.1".into(),
+                weight: 0,
+                target: target(0, "base"),
+                fallbacks: Vec::new(),
+            },
+            Variant {
+                name: "B_2".into(),
+                weight: 10000,
+                target: target(1, "other"),
+                fallbacks: vec![target(1, "other"), target(0, "other")],
+            },
+        ]
+    );
+    assert_eq!(split.primary(), target(0, "base"));
+    assert!(split.fallbacks.is_empty());
+    assert_eq!(split.sticky, Sticky::Header("x-session-id".into()));
+    assert_eq!(split.variant_header.as_deref(), Some("x-sluice-variant"));
+
+    let random = &config.models[1];
+    assert_eq!(random.sticky, Sticky::None);
+    // Without upstream_model a variant sends the public name.
+    assert_eq!(random.variants[0].target, target(1, "random"));
+    assert_eq!(random.variant_header, None);
+
+    assert_eq!(
+        config.warnings,
+        [
+            "models[0].variants[1].fallbacks[0]: same provider and model as the primary target \
+             of models[0].variants[1]; retry.max_attempts already retries a target, so this \
+             entry only uses up attempts",
+            "models[2].sticky: has no effect without variants",
+            "models[2].variant_header: has no effect without variants",
+        ]
+    );
+}
+
+#[test]
+fn variant_errors_have_paths() {
+    let e = errors(&with_models(
+        r#"
+[[models]]
+name = "both"
+provider = "mock"
+variants = [{ name = "a", weight = 1, provider = "mock" }]
+fallbacks = [{ provider = "backup" }]
+[[models]]
+name = "empty"
+variants = []
+[[models]]
+name = "zero"
+variants = [{ name = "a", weight = 0, provider = "mock" }, { name = "b", weight = 0, provider = "backup" }]
+[[models]]
+name = "bad"
+match = 're:^bad-(\d)$'
+variants = [
+  { weight = 1, provider = "mock" },
+  { name = "x", provider = "mock" },
+  { name = "x", weight = 10001, provider = "mock" },
+  { name = "has space", weight = 1, provider = "ghost" },
+  { name = "y", weight = 1 },
+  { name = "z", weight = 1, provider = "mock", model = " ", fallbacks = [{ provider = "nope" }] },
+  { name = "w", weight = 1, provider = "mock", model = "m-$2", fallbacks = [{ provider = "mock", model = "${n}" }] },
+]
+sticky = "cookie"
+variant_header = "x variant"
+"#,
+    ));
+    let expected = [
+        "models[0].provider",
+        "models[0].fallbacks",
+        "models[1].variants",
+        "models[2].variants",
+        "models[3].variants[0].name",
+        "models[3].variants[1].weight",
+        "models[3].variants[2].name",
+        "models[3].variants[2].weight",
+        "models[3].variants[3].name",
+        "models[3].variants[3].provider",
+        "models[3].variants[4].provider",
+        "models[3].variants[5].model",
+        "models[3].variants[5].fallbacks[0].provider",
+        "models[3].variants[6].model",
+        "models[3].variants[6].fallbacks[0].model",
+        "models[3].sticky",
+        "models[3].variant_header",
+    ];
+    assert_eq!(e.paths(), expected, "\n{e}");
+    let message = |path: &str| {
+        e.0.iter()
+            .find(|err| err.path == path)
+            .map(|err| err.message.clone())
+            .unwrap()
+    };
+    assert!(message("models[0].provider").starts_with("set either provider or variants"));
+    assert_eq!(
+        message("models[0].fallbacks"),
+        "with variants, set fallbacks on each variant"
+    );
+    assert!(message("models[1].variants").starts_with("an empty list makes no split"));
+    assert_eq!(
+        message("models[2].variants"),
+        "every weight is 0; give at least one variant a weight > 0"
+    );
+    assert!(message("models[3].variants[0].name").starts_with("missing"));
+    assert!(message("models[3].variants[1].weight").starts_with("missing"));
+    assert_eq!(
+        message("models[3].variants[2].name"),
+        "duplicate name \"x\" (also models[3].variants[1])"
+    );
+    assert_eq!(
+        message("models[3].variants[2].weight"),
+        "10001 is out of range 0..=10000"
+    );
+    assert!(message("models[3].variants[3].name").contains("is not a variant name"));
+    assert!(message("models[3].variants[3].provider").contains("unknown provider \"ghost\""));
+    assert!(message("models[3].variants[6].model").contains("the pattern has 1"));
+    assert!(message("models[3].sticky").starts_with("unknown value \"cookie\""));
+    assert!(message("models[3].variant_header").contains("is not a header name"));
+
+    // A bad header name after "header:" is a bad sticky value.
+    let e = errors(&with_models(
+        "[[models]]\nname = \"s\"\nvariants = [{ name = \"a\", weight = 1, provider = \"mock\" }]\n\
+         sticky = \"header:\"\n",
+    ));
+    assert_eq!(e.paths(), ["models[0].sticky"], "\n{e}");
+}
+
+#[test]
+fn pick_variant_follows_the_weights() {
+    let config = ok(&with_models(
+        "[[models]]\nname = \"s\"\nvariants = [\n\
+         { name = \"stable\", weight = 90, provider = \"mock\" },\n\
+         { name = \"off\", weight = 0, provider = \"mock\" },\n\
+         { name = \"canary\", weight = 10, provider = \"backup\" },\n]\n",
+    ));
+    let model = &config.models[0];
+    let pick = |hash: u64| model.pick_variant(hash).map(|v| v.name.as_str());
+    assert_eq!(pick(0), Some("stable"));
+    assert_eq!(pick(89), Some("stable"));
+    assert_eq!(pick(90), Some("canary"));
+    assert_eq!(pick(99), Some("canary"));
+    assert_eq!(pick(100), Some("stable"));
+    // u64::MAX % 100 == 15.
+    assert_eq!(pick(u64::MAX), Some("stable"));
+    let mut counts = [0u32; 3];
+    for hash in 0..10_000 {
+        let index = model
+            .variants
+            .iter()
+            .position(|v| Some(v.name.as_str()) == pick(hash))
+            .unwrap();
+        counts[index] += 1;
+    }
+    assert_eq!(counts, [9_000, 0, 1_000]);
+    // The weight-0 variant is still there for the variant header.
+    assert_eq!(model.variant("off").map(|v| v.target.provider), Some(0));
+}
+
+#[test]
+fn routing_keys_are_checked_by_serde() {
+    let e = errors(&with_failover("health = { failures = 3 }", ""));
+    assert_eq!(e.paths(), ["providers[0].health.failures"], "\n{e}");
+    let e = errors(&MINIMAL.replace("base_url = ", "base_urls = "));
+    assert_eq!(e.paths(), ["providers[0].base_urls"], "\n{e}");
+    let e = errors(&with_failover(
+        "health = { check_interval_ms = \"5s\" }",
+        "",
+    ));
+    assert_eq!(
+        e.paths(),
+        ["providers[0].health.check_interval_ms"],
+        "\n{e}"
+    );
+    let model = |lines: &str| with_models(&format!("[[models]]\nname = \"m\"\n{lines}\n"));
+    for (lines, path) in [
+        ("match = 1", "models[0].match"),
+        ("provider = \"mock\"\nmatches = \"*\"", "models[0].matches"),
+        (
+            "variants = [{ name = \"a\", weight = 1, provider = \"mock\", modle = \"x\" }]",
+            "models[0].variants[0].modle",
+        ),
+        (
+            "variants = [{ name = \"a\", weight = 0.5, provider = \"mock\" }]",
+            "models[0].variants[0].weight",
+        ),
+        (
+            "variants = [{ name = \"a\", weight = -1, provider = \"mock\" }]",
+            "models[0].variants[0].weight",
+        ),
+        (
+            "variants = [{ name = \"a\", weight = 1, provider = \"mock\", fallbacks = [{ provder = \"mock\" }] }]",
+            "models[0].variants[0].fallbacks[0].provder",
+        ),
+        ("variants = { name = \"a\" }", "models[0].variants"),
+        ("provider = \"mock\"\nsticky = true", "models[0].sticky"),
+    ] {
+        let e = errors(&model(lines));
+        assert_eq!(e.paths(), [path], "{lines}\n{e}");
+    }
+}
+
+#[test]
+fn routing_example_matches_its_description() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/routing.toml");
+    let config = Config::load(&path).unwrap();
+
+    let vllm = &config.providers[0];
+    assert_eq!(vllm.name, "vllm");
+    let endpoints: Vec<String> = vllm.endpoints.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        endpoints,
+        ["http://127.0.0.1:9000/v1", "http://127.0.0.1:9001/v1"]
+    );
+    assert_eq!(vllm.api_key, None);
+    assert_eq!(
+        vllm.health,
+        Health {
+            failures_to_eject: 3,
+            base_ejection: Duration::from_secs(2),
+            max_ejection: Duration::from_secs(30),
+            check: Some(ActiveCheck {
+                path: "/models".into(),
+                interval: Duration::from_secs(5),
+            }),
+        }
+    );
+    // 2 s, 4 s, 8 s, 16 s, then the 30 s cap.
+    let ejections: Vec<u64> = (0..6).map(|n| vllm.health.ejection(n).as_secs()).collect();
+    assert_eq!(ejections, [2, 4, 8, 16, 30, 30]);
+    assert_eq!(config.providers[1].endpoints.len(), 1);
+    assert_eq!(config.providers[1].health, Health::default());
+
+    let route = |requested: &str| {
+        config.route(requested).map(|(_, model, captures)| {
+            (
+                model.name.as_str(),
+                expand(&model.upstream_model, &captures),
+            )
+        })
+    };
+    assert_eq!(
+        route("llama-3.1-8b"),
+        Some(("llama", "meta-llama/Llama-3.1-8B-Instruct".into()))
+    );
+    assert_eq!(
+        route("llama-3-70b"),
+        Some(("llama", "meta-llama/Llama-3-70B-Instruct".into()))
+    );
+    assert_eq!(
+        route("gpt-4.1-nano"),
+        Some(("gpt-4.1-family", "gpt-4.1-nano".into()))
+    );
+    assert_eq!(
+        route("gpt-4o-mini"),
+        Some(("gpt-4o-mini", "gpt-4o-mini".into()))
+    );
+    assert_eq!(route("gpt-4o"), Some(("gpt-4o", "gpt-4o".into())));
+    assert_eq!(route("llama-3.1-8b-instruct"), None);
+    assert_eq!(route("gpt-4.1"), None);
+
+    let (_, split) = config.model("gpt-4o").unwrap();
+    let variants: Vec<(&str, u32, usize, &str)> = split
+        .variants
+        .iter()
+        .map(|v| {
+            (
+                v.name.as_str(),
+                v.weight,
+                v.target.provider,
+                v.target.upstream_model.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        variants,
+        [("stable", 90, 1, "gpt-4o"), ("canary", 10, 1, "gpt-4.1")]
+    );
+    assert_eq!(
+        split.variants[0].fallbacks,
+        [target(0, "meta-llama/Llama-3.1-70B-Instruct")]
+    );
+    assert_eq!(split.sticky, Sticky::Consumer);
+    assert_eq!(split.variant_header.as_deref(), Some("x-sluice-variant"));
+    let canary = (0..1000).filter(|h| split.pick_variant(*h).unwrap().name == "canary");
+    assert_eq!(canary.count(), 100);
+
+    let consumer = &config.consumers[0];
+    assert!(consumer.allows("llama") && !consumer.allows("llama-3.1-8b"));
+    assert_eq!(
+        config.warnings,
+        ["consumers[0].keys[0]: plain-text key; store its sha256 instead"]
     );
 }

@@ -6,6 +6,9 @@
 //! resolved to indices (`models[].provider`, `fallbacks[].provider` and
 //! `degrade_to.provider` -> `Config::providers` index), upstream keys are
 //! read into each provider's pool, `fallback_on` entries are parsed,
+//! `base_url`/`base_urls` become endpoint lists, `match` patterns are
+//! compiled and the upstream model templates checked against them (named
+//! groups turned into numbers), `variants` become weighted targets,
 //! consumer keys and the admin token are reduced to SHA-256 hashes, budgets
 //! to integer micro-units, and each consumer's limits are merged with
 //! `[quota.defaults]`. Cross-references are checked against the raw names,
@@ -23,15 +26,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::raw::{
-    RawAdmin, RawAudit, RawCluster, RawConfig, RawConsumer, RawKey, RawLimit, RawLimitSet,
-    RawLimits, RawListener, RawModel, RawPrice, RawProvider, RawQuota, RawRetry, RawTarget, RawTls,
-    RawUpstreamKey, RawWorkers,
+    RawAdmin, RawAudit, RawCluster, RawConfig, RawConsumer, RawHealth, RawKey, RawLimit,
+    RawLimitSet, RawLimits, RawListener, RawModel, RawPrice, RawProvider, RawQuota, RawRetry,
+    RawTarget, RawTls, RawUpstreamKey, RawWorkers,
 };
+use crate::routing::{is_header_name, pieces, Piece};
 use crate::span::path_key;
 use crate::{
-    sha256, Admin, ApiKey, Audit, BaseUrl, Cluster, Config, ConfigError, ConfigErrors, Consumer,
-    Encoding, FallbackOn, KeySelection, LimitSet, Limits, Listener, Model, Price, Provider,
-    ProviderKind, Quota, RedisUrl, Retry, StatusMatch, Target, TlsFiles, UpstreamKey, Workers,
+    sha256, ActiveCheck, Admin, ApiKey, Audit, BaseUrl, Cluster, Config, ConfigError, ConfigErrors,
+    Consumer, Encoding, FallbackOn, Health, KeySelection, LimitSet, Limits, Listener, Model,
+    ModelMatch, Price, Provider, ProviderKind, Quota, RedisUrl, Retry, StatusMatch, Sticky, Target,
+    TlsFiles, UpstreamKey, Variant, Workers,
 };
 
 /// Longest accepted timeout or interval: one day. Anything longer is almost
@@ -67,6 +72,16 @@ const MAX_ATTEMPTS: (u64, u64) = (1, 10);
 /// Bounds for `retry.backoff_base_ms` and `retry.backoff_max_ms`: a backoff
 /// longer than a minute outlasts any client's patience.
 const BACKOFF_MS: (u64, u64) = (1, 60_000);
+/// Bounds for `providers[].health.failures_to_eject`.
+const FAILURES_TO_EJECT: (u64, u64) = (1, 1_000);
+/// Bounds for `health.base_ejection_ms` and `health.max_ejection_ms`: an
+/// endpoint shut out for more than an hour is better removed from the file.
+const EJECTION_MS: (u64, u64) = (1, 3_600_000);
+/// Bounds for `health.check_interval_ms`: probing more often than every
+/// 100 ms loads the upstream for nothing; less often than hourly is no check.
+const CHECK_INTERVAL_MS: (u64, u64) = (100, 3_600_000);
+/// Largest `variants[].weight`: weights read as parts of 10000 (0.01 %).
+const MAX_WEIGHT: u64 = 10_000;
 /// `cluster.node_id` when neither it nor a host name is available.
 const FALLBACK_NODE_ID: &str = "sluice";
 
@@ -399,22 +414,8 @@ impl Validator {
                 kind
             }
         };
-        let base_url = match &raw.base_url {
-            None => {
-                self.error(
-                    format!("{at}.base_url"),
-                    "missing; set it, e.g. base_url = \"https://api.openai.com/v1\"",
-                );
-                None
-            }
-            Some(text) => match BaseUrl::parse(text) {
-                Ok(url) => Some(url),
-                Err(e) => {
-                    self.error(format!("{at}.base_url"), format!("{e} (got \"{text}\")"));
-                    None
-                }
-            },
-        };
+        let endpoints = self.endpoints(at, raw);
+        let health = self.health(&format!("{at}.health"), &raw.health);
         let primary = self.upstream_key(at, raw);
         let keys = self.key_pool(at, raw, primary);
         let key_selection = match raw.key_selection.as_deref() {
@@ -476,18 +477,15 @@ impl Validator {
             }
         };
 
-        if let Some(url) = &base_url {
-            if !url.tls && !url.is_loopback() {
-                if keys.as_ref().is_some_and(|keys| !keys.is_empty()) {
-                    self.warn(
-                        &format!("{at}.base_url"),
-                        "the upstream key is sent over plain http to a non-loopback host; use https",
-                    );
-                }
-                if matches!(ca_file, Some(Some(_))) {
-                    self.warn(&format!("{at}.ca_file"), "unused: base_url is plain http");
-                }
-            }
+        if let Some(endpoints) = &endpoints {
+            let has_keys = keys.as_ref().is_some_and(|keys| !keys.is_empty());
+            self.plain_http(
+                at,
+                raw,
+                endpoints,
+                has_keys,
+                matches!(ca_file, Some(Some(_))),
+            );
         }
 
         let api_version = match (kind, &raw.api_version) {
@@ -507,7 +505,9 @@ impl Validator {
             name: String::new(),
             api_version: api_version?,
             kind: kind?,
-            base_url: base_url?,
+            base_url: endpoints.as_ref()?.first()?.clone(),
+            endpoints: endpoints?,
+            health: health?,
             api_key: keys.as_ref()?.first().map(|k| k.key.clone()),
             keys: keys?,
             key_selection: key_selection?,
@@ -518,6 +518,198 @@ impl Validator {
             idle_timeout: idle_timeout?,
             ca_file: ca_file?,
             max_idle_connections: max_idle_connections?,
+        })
+    }
+
+    /// A provider's endpoints: `base_url` alone or the `base_urls` list,
+    /// exactly one of the two; at least one URL, no two equal.
+    fn endpoints(&mut self, at: &str, raw: &RawProvider) -> Option<Vec<BaseUrl>> {
+        match (&raw.base_url, &raw.base_urls) {
+            (None, None) => {
+                self.error(
+                    format!("{at}.base_url"),
+                    "missing; set it, e.g. base_url = \"https://api.openai.com/v1\", or list \
+                     several endpoints in base_urls",
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                self.error(
+                    format!("{at}.base_urls"),
+                    "set either base_url or base_urls, not both",
+                );
+                None
+            }
+            (Some(text), None) => self
+                .base_url(&format!("{at}.base_url"), text)
+                .map(|url| vec![url]),
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    self.error(
+                        format!("{at}.base_urls"),
+                        "an empty list names no endpoint; list at least one URL",
+                    );
+                    return None;
+                }
+                let mut ok = true;
+                let mut urls: Vec<BaseUrl> = Vec::with_capacity(list.len());
+                for (j, text) in list.iter().enumerate() {
+                    let path = format!("{at}.base_urls[{j}]");
+                    let Some(url) = self.base_url(&path, text) else {
+                        ok = false;
+                        continue;
+                    };
+                    // Compared parsed, so "http://h:80/v1/" repeats "http://h/v1".
+                    if let Some(k) = list
+                        .iter()
+                        .take(j)
+                        .position(|other| BaseUrl::parse(other).as_ref() == Ok(&url))
+                    {
+                        self.error(path, format!("same endpoint as {at}.base_urls[{k}]"));
+                        ok = false;
+                        continue;
+                    }
+                    urls.push(url);
+                }
+                ok.then_some(urls)
+            }
+        }
+    }
+
+    /// One base URL at `path`.
+    fn base_url(&mut self, path: &str, text: &str) -> Option<BaseUrl> {
+        match BaseUrl::parse(text) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                self.error(path, format!("{e} (got \"{text}\")"));
+                None
+            }
+        }
+    }
+
+    /// Warns about endpoints on plain http: the key crosses the network in
+    /// clear to a non-loopback one, and a `ca_file` is of no use when no
+    /// endpoint uses TLS.
+    fn plain_http(
+        &mut self,
+        at: &str,
+        raw: &RawProvider,
+        endpoints: &[BaseUrl],
+        has_keys: bool,
+        has_ca_file: bool,
+    ) {
+        let remote_plain = |url: &BaseUrl| !url.tls && !url.is_loopback();
+        if has_keys {
+            for (j, url) in endpoints.iter().enumerate() {
+                if remote_plain(url) {
+                    let path = if raw.base_urls.is_some() {
+                        format!("{at}.base_urls[{j}]")
+                    } else {
+                        format!("{at}.base_url")
+                    };
+                    self.warn(
+                        &path,
+                        "the upstream key is sent over plain http to a non-loopback host; use https",
+                    );
+                }
+            }
+        }
+        if has_ca_file && endpoints.iter().all(|u| !u.tls) && endpoints.iter().any(remote_plain) {
+            let message = if raw.base_urls.is_some() {
+                "unused: every endpoint in base_urls is plain http"
+            } else {
+                "unused: base_url is plain http"
+            };
+            self.warn(&format!("{at}.ca_file"), message);
+        }
+    }
+
+    /// A provider's `health` table.
+    fn health(&mut self, at: &str, raw: &RawHealth) -> Option<Health> {
+        let defaults = Health::default();
+        let failures_to_eject = self
+            .in_range(
+                &format!("{at}.failures_to_eject"),
+                raw.failures_to_eject
+                    .unwrap_or(u64::from(defaults.failures_to_eject)),
+                FAILURES_TO_EJECT.0,
+                FAILURES_TO_EJECT.1,
+            )
+            .and_then(|n| u32::try_from(n).ok());
+        let base = self.in_range(
+            &format!("{at}.base_ejection_ms"),
+            raw.base_ejection_ms.unwrap_or(1_000),
+            EJECTION_MS.0,
+            EJECTION_MS.1,
+        );
+        let max = self.in_range(
+            &format!("{at}.max_ejection_ms"),
+            raw.max_ejection_ms.unwrap_or(60_000),
+            EJECTION_MS.0,
+            EJECTION_MS.1,
+        );
+        let max = match (base, max) {
+            (Some(base), Some(max)) if max < base => {
+                self.error(
+                    format!("{at}.max_ejection_ms"),
+                    format!("{max} is less than {at}.base_ejection_ms ({base})"),
+                );
+                None
+            }
+            (_, max) => max,
+        };
+        let check = match (&raw.check_path, raw.check_interval_ms) {
+            (None, None) => Some(None),
+            (Some(_), None) => {
+                self.error(
+                    format!("{at}.check_interval_ms"),
+                    format!(
+                        "missing; an active check needs check_path and check_interval_ms \
+                         ({}..={}), or neither",
+                        CHECK_INTERVAL_MS.0, CHECK_INTERVAL_MS.1
+                    ),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.error(
+                    format!("{at}.check_path"),
+                    "missing; an active check needs check_path (e.g. \"/models\") and \
+                     check_interval_ms, or neither",
+                );
+                None
+            }
+            (Some(path), Some(ms)) => {
+                let path = if path.starts_with('/') && is_header_token(path) && !path.contains('#')
+                {
+                    Some(path.clone())
+                } else {
+                    self.error(
+                        format!("{at}.check_path"),
+                        format!(
+                            "\"{path}\" is not a request path: start it with \"/\" and use only \
+                             visible ASCII without \"#\", e.g. \"/models\""
+                        ),
+                    );
+                    None
+                };
+                let interval = self.in_range(
+                    &format!("{at}.check_interval_ms"),
+                    ms,
+                    CHECK_INTERVAL_MS.0,
+                    CHECK_INTERVAL_MS.1,
+                );
+                Some(Some(ActiveCheck {
+                    path: path?,
+                    interval: Duration::from_millis(interval?),
+                }))
+            }
+        };
+        Some(Health {
+            failures_to_eject: failures_to_eject?,
+            base_ejection: Duration::from_millis(base?),
+            max_ejection: Duration::from_millis(max?),
+            check: check?,
         })
     }
 
@@ -682,7 +874,9 @@ impl Validator {
         }
     }
 
-    /// `[[models]]`: at least one, names unique, providers known.
+    /// `[[models]]`: at least one, names and exact matches unique,
+    /// providers known, templates referring only to groups their `match`
+    /// has.
     fn models(&mut self, raw: &[RawModel], providers: &[RawProvider]) -> Vec<Option<Model>> {
         if raw.is_empty() {
             self.error(
@@ -692,24 +886,59 @@ impl Validator {
             );
         }
         let names: Vec<Option<&String>> = raw.iter().map(|m| m.name.as_ref()).collect();
+        // Exact requested name -> the first entry serving it.
+        let mut exact: HashMap<String, usize> = HashMap::new();
         raw.iter()
             .enumerate()
             .map(|(i, model)| {
                 let at = format!("models[{i}]");
                 let name = self.unique_name(&at, &names, i);
-                let provider =
-                    self.provider_index(&format!("{at}.provider"), &model.provider, providers);
-                let upstream_model = match (&model.upstream_model, &name) {
-                    (Some(upstream), _) if upstream.trim().is_empty() => {
-                        self.error(
-                            format!("{at}.upstream_model"),
-                            "must not be empty; remove it to send the public name",
-                        );
-                        None
+                let matcher = self.model_match(&at, model, name.as_deref());
+                if let Some(ModelMatch::Exact(served)) = &matcher {
+                    match exact.get(served) {
+                        None => {
+                            exact.insert(served.clone(), i);
+                        }
+                        // (Two entries without `match` and the same name
+                        // never get here: the second has no name.)
+                        Some(&first) => {
+                            let key = if model.matcher.is_some() {
+                                "match"
+                            } else {
+                                "name"
+                            };
+                            self.error(
+                                format!("{at}.{key}"),
+                                format!(
+                                    "\"{served}\" is already served by models[{first}]; one \
+                                     entry per exact name"
+                                ),
+                            );
+                        }
                     }
-                    (Some(upstream), _) => Some(upstream.clone()),
-                    (None, name) => name.clone(),
+                }
+                let split = model.variants.is_some();
+                let provider = if split {
+                    if model.provider.is_some() {
+                        self.error(
+                            format!("{at}.provider"),
+                            "set either provider or variants; with variants each variant \
+                             names its provider",
+                        );
+                    }
+                    None
+                } else {
+                    self.provider_index(&format!("{at}.provider"), &model.provider, providers)
                 };
+                let upstream_model = self.upstream_model(&at, model, matcher.as_ref());
+                let variants = self.variants(
+                    &at,
+                    model,
+                    matcher.as_ref(),
+                    upstream_model.as_deref(),
+                    providers,
+                );
+                let (sticky, variant_header) = self.split_keys(&at, model);
                 let encoding = match model.encoding.as_deref() {
                     None => Some(Encoding::default()),
                     Some(text) => {
@@ -732,8 +961,23 @@ impl Validator {
                     None => Some(None),
                     Some(price) => self.price(&format!("{at}.price"), price).map(Some),
                 };
-                let fallbacks =
-                    self.fallbacks(&at, model, provider, upstream_model.as_deref(), providers);
+                let fallbacks = if split {
+                    if !model.fallbacks.is_empty() {
+                        self.error(
+                            format!("{at}.fallbacks"),
+                            "with variants, set fallbacks on each variant",
+                        );
+                    }
+                    None
+                } else {
+                    self.fallbacks(
+                        &at,
+                        &model.fallbacks,
+                        (provider, upstream_model.as_deref()),
+                        matcher.as_ref(),
+                        providers,
+                    )
+                };
                 let fallback_on = match &model.fallback_on {
                     None => Some(FallbackOn::default()),
                     Some(list) => self.fallback_on(&format!("{at}.fallback_on"), list),
@@ -745,12 +989,28 @@ impl Validator {
                             &format!("{at}.degrade_to"),
                             target,
                             upstream_model.as_deref(),
+                            matcher.as_ref(),
                             providers,
                         )
                         .map(Some),
                 };
+                // A split's first variant stands in for the primary target,
+                // so that code unaware of variants still has one.
+                let (provider, upstream_model, fallbacks) = match &variants {
+                    Some(variants) if split => {
+                        let first = variants.first();
+                        let clean = model.provider.is_none() && model.fallbacks.is_empty();
+                        (
+                            first.filter(|_| clean).map(|v| v.target.provider),
+                            first.map(|v| v.target.upstream_model.clone()),
+                            first.map(|v| v.fallbacks.clone()),
+                        )
+                    }
+                    _ => (provider, upstream_model, fallbacks),
+                };
                 Some(Model {
                     name: name?,
+                    matcher: matcher?,
                     provider: provider?,
                     upstream_model: upstream_model?,
                     encoding: encoding?,
@@ -758,9 +1018,282 @@ impl Validator {
                     fallbacks: fallbacks?,
                     fallback_on: fallback_on?,
                     degrade_to: degrade_to?,
+                    variants: variants?,
+                    sticky: sticky?,
+                    variant_header: variant_header?,
                 })
             })
             .collect()
+    }
+
+    /// A model's `match`, by default its exact `name` (`None` when the name
+    /// failed, which has its error already).
+    fn model_match(&mut self, at: &str, raw: &RawModel, name: Option<&str>) -> Option<ModelMatch> {
+        let Some(text) = &raw.matcher else {
+            return name.map(|name| ModelMatch::Exact(name.to_string()));
+        };
+        match ModelMatch::parse(text) {
+            Ok(matcher) => Some(matcher),
+            Err(e) => {
+                self.error(format!("{at}.match"), e);
+                None
+            }
+        }
+    }
+
+    /// A model's `upstream_model` template, by default the requested name:
+    /// the exact name served, or `$0` for a pattern.
+    fn upstream_model(
+        &mut self,
+        at: &str,
+        raw: &RawModel,
+        matcher: Option<&ModelMatch>,
+    ) -> Option<String> {
+        match (&raw.upstream_model, matcher) {
+            (Some(upstream), _) if upstream.trim().is_empty() => {
+                self.error(
+                    format!("{at}.upstream_model"),
+                    "must not be empty; remove it to send the public name",
+                );
+                None
+            }
+            (Some(upstream), _) => {
+                self.template(&format!("{at}.upstream_model"), upstream, matcher)
+            }
+            // Stored as written, not as "$0", for code that sends
+            // `upstream_model` without expanding it; so it must not read as
+            // a template.
+            (None, Some(ModelMatch::Exact(served))) if served.contains(['$', '*']) => {
+                let key = if raw.matcher.is_some() {
+                    "match"
+                } else {
+                    "name"
+                };
+                self.error(
+                    format!("{at}.{key}"),
+                    format!(
+                        "\"{served}\" holds \"$\" or \"*\", which upstream model names use for \
+                         captures; set upstream_model (or match = \"{served}\" for a wildcard)"
+                    ),
+                );
+                None
+            }
+            (None, Some(ModelMatch::Exact(served))) => Some(served.clone()),
+            (None, Some(_)) => Some("$0".to_string()),
+            // The name or `match` failed and has its error.
+            (None, None) => None,
+        }
+    }
+
+    /// A model's `variants`; empty when it has none. Names unique, weights
+    /// in range and not all 0, providers known.
+    fn variants(
+        &mut self,
+        at: &str,
+        raw: &RawModel,
+        matcher: Option<&ModelMatch>,
+        upstream_model: Option<&str>,
+        providers: &[RawProvider],
+    ) -> Option<Vec<Variant>> {
+        let Some(list) = &raw.variants else {
+            return Some(Vec::new());
+        };
+        let list_at = format!("{at}.variants");
+        if list.is_empty() {
+            self.error(
+                list_at,
+                "an empty list makes no split; list at least one variant or remove the key",
+            );
+            return None;
+        }
+        let names: Vec<Option<&String>> = list.iter().map(|v| v.name.as_ref()).collect();
+        let mut out = Vec::with_capacity(list.len());
+        let mut ok = true;
+        for (j, variant) in list.iter().enumerate() {
+            let variant_at = format!("{list_at}[{j}]");
+            let name = match self.unique_name(&variant_at, &names, j) {
+                Some(name) if !is_label(&name) => {
+                    self.error(
+                        format!("{variant_at}.name"),
+                        format!(
+                            "\"{name}\" is not a variant name: 1 to 64 of A-Z a-z 0-9 . _ - \
+                             (it goes into metric labels and the variant header)"
+                        ),
+                    );
+                    None
+                }
+                name => name,
+            };
+            let weight = match variant.weight {
+                None => {
+                    self.error(
+                        format!("{variant_at}.weight"),
+                        format!("missing; set a share of requests, 0..={MAX_WEIGHT}"),
+                    );
+                    None
+                }
+                Some(weight) => self
+                    .in_range(&format!("{variant_at}.weight"), weight, 0, MAX_WEIGHT)
+                    .and_then(|w| u32::try_from(w).ok()),
+            };
+            let provider = self.provider_index(
+                &format!("{variant_at}.provider"),
+                &variant.provider,
+                providers,
+            );
+            let model = match &variant.model {
+                Some(model) if model.trim().is_empty() => {
+                    self.error(
+                        format!("{variant_at}.model"),
+                        "must not be empty; remove it to send the model's upstream_model",
+                    );
+                    None
+                }
+                Some(model) => self.template(&format!("{variant_at}.model"), model, matcher),
+                None => upstream_model.map(str::to_string),
+            };
+            let fallbacks = self.fallbacks(
+                &variant_at,
+                &variant.fallbacks,
+                (provider, model.as_deref()),
+                matcher,
+                providers,
+            );
+            match (name, weight, provider, model, fallbacks) {
+                (Some(name), Some(weight), Some(provider), Some(model), Some(fallbacks)) => {
+                    out.push(Variant {
+                        name,
+                        weight,
+                        target: Target {
+                            provider,
+                            upstream_model: model,
+                        },
+                        fallbacks,
+                    });
+                }
+                _ => ok = false,
+            }
+        }
+        if list.iter().all(|v| v.weight == Some(0)) {
+            self.error(
+                list_at,
+                "every weight is 0; give at least one variant a weight > 0",
+            );
+            ok = false;
+        }
+        ok.then_some(out)
+    }
+
+    /// A model's `sticky` and `variant_header`; both only mean something
+    /// with `variants`, and warn without.
+    fn split_keys(&mut self, at: &str, raw: &RawModel) -> (Option<Sticky>, Option<Option<String>>) {
+        let sticky = match raw.sticky.as_deref() {
+            None => Some(Sticky::default()),
+            Some(text) => {
+                let sticky = Sticky::parse(text);
+                if sticky.is_none() {
+                    self.error(
+                        format!("{at}.sticky"),
+                        format!(
+                            "unknown value \"{text}\"; expected \"consumer\", \"none\" or \
+                             \"header:<name>\" such as \"header:x-session-id\""
+                        ),
+                    );
+                }
+                sticky
+            }
+        };
+        let variant_header = match &raw.variant_header {
+            None => Some(None),
+            Some(header) if is_header_name(header) => Some(Some(header.to_ascii_lowercase())),
+            Some(header) => {
+                self.error(
+                    format!("{at}.variant_header"),
+                    format!(
+                        "\"{header}\" is not a header name: letters, digits and \
+                         !#$%&'*+-.^_`|~ only, e.g. \"x-sluice-variant\""
+                    ),
+                );
+                None
+            }
+        };
+        if raw.variants.is_none() {
+            for (key, set) in [
+                ("sticky", raw.sticky.is_some()),
+                ("variant_header", raw.variant_header.is_some()),
+            ] {
+                if set {
+                    self.warn(&format!("{at}.{key}"), "has no effect without variants");
+                }
+            }
+        }
+        (sticky, variant_header)
+    }
+
+    /// An upstream model template at `path`: every group it refers to
+    /// exists in `matcher` (`None` when the model's `match` failed; nothing
+    /// is checked then). Named groups become numbers, so that `expand`
+    /// needs only the captures.
+    fn template(&mut self, path: &str, text: &str, matcher: Option<&ModelMatch>) -> Option<String> {
+        let mut out = String::with_capacity(text.len());
+        let mut ok = true;
+        let kind = match matcher {
+            Some(ModelMatch::Regex(_)) => "the pattern",
+            Some(ModelMatch::Wildcard(_)) => "a wildcard",
+            _ => "an exact name",
+        };
+        for piece in pieces(text) {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Dollar => out.push_str("$$"),
+                Piece::Unclosed(_) => {
+                    self.error(
+                        path,
+                        "unclosed \"${\"; write ${1} or ${name}, or $$ for a literal \"$\"",
+                    );
+                    ok = false;
+                }
+                Piece::Group(index, raw) => {
+                    out.push_str(raw);
+                    let Some(matcher) = matcher else { continue };
+                    let groups = matcher.groups();
+                    if index > groups {
+                        let message = if matches!(matcher, ModelMatch::Regex(_)) {
+                            format!(
+                                "\"{raw}\" refers to group {index}, but the pattern has {groups}"
+                            )
+                        } else {
+                            format!(
+                                "\"{raw}\" refers to group {index}, but {kind} has no groups; use \
+                                 $0 or * for the requested name, or a re: pattern"
+                            )
+                        };
+                        self.error(path, message);
+                        ok = false;
+                    }
+                }
+                Piece::Name(name) => {
+                    let index = match matcher {
+                        Some(ModelMatch::Regex(regex)) => {
+                            regex.capture_names().position(|n| n == Some(name))
+                        }
+                        _ => None,
+                    };
+                    match (index, matcher) {
+                        (Some(index), _) => out.push_str(&format!("${{{index}}}")),
+                        (None, None) => out.push_str(&format!("${{{name}}}")),
+                        (None, Some(_)) => {
+                            self.error(
+                                path,
+                                format!("\"${{{name}}}\": {kind} has no group named \"{name}\""),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     /// The index of the provider named at `path` (a model's `provider`, or
@@ -797,22 +1330,25 @@ impl Validator {
         index
     }
 
-    /// A model's `fallbacks`, each checked by `target`. A target equal to
-    /// the primary one (`provider`, `upstream_model`) or to an earlier
-    /// fallback gets a warning: it adds nothing that `[retry]` does not.
+    /// The `fallbacks` of a model or variant at `at`, each checked by
+    /// `target`. A target equal to the `primary` one (provider,
+    /// upstream model) or to an earlier fallback gets a warning: it adds
+    /// nothing that `[retry]` does not.
     fn fallbacks(
         &mut self,
         at: &str,
-        raw: &RawModel,
-        provider: Option<usize>,
-        upstream_model: Option<&str>,
+        raw: &[RawTarget],
+        primary: (Option<usize>, Option<&str>),
+        matcher: Option<&ModelMatch>,
         providers: &[RawProvider],
     ) -> Option<Vec<Target>> {
-        let mut out = Vec::with_capacity(raw.fallbacks.len());
+        let (provider, upstream_model) = primary;
+        let mut out = Vec::with_capacity(raw.len());
         let mut ok = true;
-        for (j, target) in raw.fallbacks.iter().enumerate() {
+        for (j, target) in raw.iter().enumerate() {
             let target_at = format!("{at}.fallbacks[{j}]");
-            let Some(target) = self.target(&target_at, target, upstream_model, providers) else {
+            let Some(target) = self.target(&target_at, target, upstream_model, matcher, providers)
+            else {
                 ok = false;
                 continue;
             };
@@ -842,13 +1378,15 @@ impl Validator {
     }
 
     /// One fallback or `degrade_to` target at `at`: a known provider and a
-    /// non-empty model, by default `upstream_model` (`None` when the
-    /// model's own `upstream_model` failed, which has its error already).
+    /// non-empty model template, by default `upstream_model` (`None` when
+    /// the model's own `upstream_model` failed, which has its error
+    /// already).
     fn target(
         &mut self,
         at: &str,
         raw: &RawTarget,
         upstream_model: Option<&str>,
+        matcher: Option<&ModelMatch>,
         providers: &[RawProvider],
     ) -> Option<Target> {
         let provider = self.provider_index(&format!("{at}.provider"), &raw.provider, providers);
@@ -860,7 +1398,7 @@ impl Validator {
                 );
                 None
             }
-            Some(model) => Some(model.clone()),
+            Some(model) => self.template(&format!("{at}.model"), model, matcher),
             None => upstream_model.map(str::to_string),
         };
         Some(Target {
@@ -1487,7 +2025,7 @@ impl Validator {
     fn cluster(&mut self, raw: &RawCluster) -> Option<Cluster> {
         let redis = self.redis_url(raw);
         let node_id = match &raw.node_id {
-            Some(id) if is_node_id(id) => Some(id.clone()),
+            Some(id) if is_label(id) => Some(id.clone()),
             Some(id) => {
                 self.error(
                     "cluster.node_id",
@@ -1498,7 +2036,7 @@ impl Validator {
             None => {
                 let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
                 let host = host.trim();
-                if is_node_id(host) {
+                if is_label(host) {
                     Some(host.to_string())
                 } else {
                     self.warn(
@@ -1669,7 +2207,9 @@ impl Validator {
             }
             Some(name) => name,
         };
-        let list = at.split('[').next().unwrap_or(at);
+        // "providers" for "providers[2]", "models[0].variants" for
+        // "models[0].variants[1]".
+        let list = at.rsplit_once('[').map_or(at, |(list, _)| list);
         if let Some(first) = names.iter().take(i).position(|n| *n == Some(name)) {
             self.error(
                 path,
@@ -1795,9 +2335,9 @@ impl Validator {
     }
 }
 
-/// A `cluster.node_id`: 1..=64 of `A-Z a-z 0-9 . _ -`, safe inside a Redis
-/// key and a metric label.
-fn is_node_id(id: &str) -> bool {
+/// A `cluster.node_id` or variant name: 1..=64 of `A-Z a-z 0-9 . _ -`, safe
+/// inside a Redis key, a header value and a metric label.
+fn is_label(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()

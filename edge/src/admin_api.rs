@@ -95,7 +95,7 @@ pub async fn handle(
             Some(c) => reset(shared, c, body),
             None => unknown(name),
         },
-        (_, ["consumers", ..]) => fail(
+        (_, ["consumers"] | ["consumers", _] | ["consumers", _, "balance" | "reset"]) => fail(
             ErrorKind::MethodNotAllowed,
             &format!("{method} is not allowed on {path}"),
         ),

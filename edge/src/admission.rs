@@ -125,6 +125,8 @@ impl Filter for Admission {
             return Ok(());
         };
         if !self.engine.is_limited(consumer, m) {
+            // Nothing to admit against; the usage is still counted.
+            ctx.reservation = Some(self.engine.track(consumer, m));
             return Ok(());
         }
         let Some(model) = self.config.models.get(m) else {

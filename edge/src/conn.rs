@@ -83,7 +83,7 @@ where
             HeadRead::Refused(kind, message) => {
                 let mut pending = Pending::new(&core, core.new_ctx(None, peer));
                 let e = Error::new(kind, message);
-                proxy::respond_error(&mut down, &mut pending.ctx, &e, false).await;
+                proxy::respond_error(&core, &mut down, &mut pending.ctx, &e, false).await;
                 drop(pending);
                 linger(&mut down).await;
                 return;
@@ -100,7 +100,7 @@ where
             match read_body(&mut down, &head, limits.max_body_bytes, limits.body_timeout).await {
                 Ok(body) => body,
                 Err(e) => {
-                    proxy::respond_error(&mut down, ctx, &e, false).await;
+                    proxy::respond_error(&core, &mut down, ctx, &e, false).await;
                     drop(pending);
                     linger(&mut down).await;
                     return;
@@ -120,8 +120,14 @@ where
                     }
                     _ => format!("unknown path {}", head.path),
                 };
-                if !proxy::respond_error(&mut down, ctx, &Error::new(kind, message), keep_alive)
-                    .await
+                if !proxy::respond_error(
+                    &core,
+                    &mut down,
+                    ctx,
+                    &Error::new(kind, message),
+                    keep_alive,
+                )
+                .await
                 {
                     return;
                 }

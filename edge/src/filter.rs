@@ -187,6 +187,8 @@ pub struct RequestCtx {
     pub cost_micros: u64,
     /// The limit that refused the request, if one did.
     pub refused_by: Option<&'static str>,
+    /// The chain's `on_done` has run (it runs exactly once).
+    pub settled: bool,
 }
 
 impl RequestCtx {
@@ -224,6 +226,7 @@ impl RequestCtx {
             reservation: None,
             cost_micros: 0,
             refused_by: None,
+            settled: false,
         }
     }
 

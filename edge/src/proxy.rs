@@ -41,11 +41,12 @@ where
 {
     // 1. Policy chain: may answer early (401, 403, 404, 400).
     if let Err(e) = core.chain.on_request(ctx, &mut req).await {
-        return respond_error(down, ctx, &e, keep_alive).await;
+        return respond_error(core, down, ctx, &e, keep_alive).await;
     }
     if ctx.endpoint == Some(Endpoint::Models) {
         let body = core.models_list(ctx.consumer);
         return respond(
+            core,
             down,
             ctx,
             200,
@@ -71,7 +72,7 @@ where
         let target = &targets[next.min(targets.len() - 1)];
         if attempt > 1 {
             if let Err(e) = core.chain.route.prepare(ctx, target) {
-                return respond_error(down, ctx, &e, keep_alive).await;
+                return respond_error(core, down, ctx, &e, keep_alive).await;
             }
             if ctx
                 .attempts
@@ -85,7 +86,7 @@ where
         let provider = target.provider;
         let Some(upstream) = core.upstreams.get(provider) else {
             let e = Error::new(ErrorKind::Internal, "request was not routed to a provider");
-            return respond_error(down, ctx, &e, keep_alive).await;
+            return respond_error(core, down, ctx, &e, keep_alive).await;
         };
         // A provider at its concurrency limit is skipped; when every target
         // is, the model's cheaper `degrade_to` target serves instead.
@@ -98,21 +99,24 @@ where
                 ),
             );
             core.record_attempt(ctx, provider, None, None, Some(&e), Instant::now());
-            if next + 1 < targets.len() {
+            if more && next + 1 < targets.len() {
                 next += 1;
                 continue;
             }
-            if let Some(degraded) = core.degrade_target(ctx).filter(|d| !targets.contains(d)) {
+            if let Some(degraded) = core
+                .degrade_target(ctx)
+                .filter(|d| more && !targets.contains(d))
+            {
                 targets.push(degraded);
                 next += 1;
                 continue;
             }
-            return respond_error(down, ctx, &e, keep_alive).await;
+            return respond_error(core, down, ctx, &e, keep_alive).await;
         };
         let pool = &core.shared.pools[provider];
         let keys_tried: Vec<usize> = tried
             .iter()
-            .filter(|(p, _)| *p == provider)
+            .filter(|(t, _)| *t == next)
             .map(|(_, k)| *k)
             .collect();
         let key = match pool.pick(pool::now_ns(), &keys_tried) {
@@ -127,7 +131,7 @@ where
                     ),
                 );
                 core.record_attempt(ctx, provider, None, None, Some(&e), Instant::now());
-                if next + 1 < targets.len() {
+                if more && next + 1 < targets.len() {
                     next += 1;
                     continue;
                 }
@@ -135,12 +139,12 @@ where
                     "retry-after",
                     wait_ns.div_ceil(1_000_000_000).max(1).to_string(),
                 ));
-                return respond_error(down, ctx, &e, keep_alive).await;
+                return respond_error(core, down, ctx, &e, keep_alive).await;
             }
         };
         let key_index = key.as_ref().map(|k| k.index);
         if let Some(k) = key_index {
-            tried.push((provider, k));
+            tried.push((next, k));
         }
         let key_value = key_index
             .and_then(|k| upstream.provider().keys.get(k))
@@ -181,7 +185,7 @@ where
                         }
                     }
                 }
-                return respond_error(down, ctx, &e, keep_alive).await;
+                return respond_error(core, down, ctx, &e, keep_alive).await;
             }
         };
         let status = response.head.status;
@@ -229,14 +233,14 @@ where
                         next = to;
                         continue;
                     }
-                    return respond_error(down, ctx, &e, keep_alive).await;
+                    return respond_error(core, down, ctx, &e, keep_alive).await;
                 }
             }
         }
         return relay_whole(core, upstream, down, response, ctx, keep_alive).await;
     }
     let e = Error::new(ErrorKind::UpstreamStatus, "every attempt failed");
-    respond_error(down, ctx, &e, keep_alive).await
+    respond_error(core, down, ctx, &e, keep_alive).await
 }
 
 /// Where a failed attempt can go next: the next target, or the same one
@@ -252,9 +256,10 @@ fn elsewhere(
     if current + 1 < targets.len() {
         return Some(current + 1);
     }
+    let _ = provider;
     let keys_tried: Vec<usize> = tried
         .iter()
-        .filter(|(p, _)| *p == provider)
+        .filter(|(t, _)| *t == current)
         .map(|(_, k)| *k)
         .collect();
     pool.has_untried(pool::now_ns(), &keys_tried)
@@ -366,6 +371,7 @@ enum Framing {
 
 /// Answer with a complete small response.
 pub async fn respond<S>(
+    core: &Core,
     down: &mut BufConn<S>,
     ctx: &mut RequestCtx,
     status: u16,
@@ -388,11 +394,13 @@ where
     );
     out.extend_from_slice(&body);
     ctx.status = status;
+    core.settle(ctx);
     write_client(down, ctx, out).await.is_ok() && keep_alive
 }
 
 /// Answer with an error from the one table in `error`.
 pub async fn respond_error<S>(
+    core: &Core,
     down: &mut BufConn<S>,
     ctx: &mut RequestCtx,
     e: &Error,
@@ -408,6 +416,7 @@ where
         Wire::Anthropic => translate::openai_error_to_anthropic(status, &e.body()),
     };
     respond(
+        core,
         down,
         ctx,
         status,
@@ -507,7 +516,7 @@ where
     let mut body = Vec::new();
     if let Err(e) = read_body(upstream, &mut response.conn, &mut reader, &mut body).await {
         core.metrics.upstream_error(upstream_index(ctx), e.kind);
-        return respond_error(down, ctx, &e, keep_alive).await;
+        return respond_error(core, down, ctx, &e, keep_alive).await;
     }
     let mut status = response.head.status;
     if (200..300).contains(&status) {
@@ -547,7 +556,7 @@ where
                 ErrorKind::UpstreamProtocol,
                 format!("cannot translate the provider's answer: {e}"),
             );
-            return respond_error(down, ctx, &e, keep_alive).await;
+            return respond_error(core, down, ctx, &e, keep_alive).await;
         }
         None => {}
     }
@@ -566,6 +575,7 @@ where
     if response.head.keep_alive {
         upstream.release(response.conn);
     }
+    core.settle(ctx);
     write_client(down, ctx, out).await.is_ok() && keep_alive
 }
 
@@ -664,6 +674,9 @@ where
                 (None, None) => {}
             }
             out.extend_from_slice(http::LAST_CHUNK);
+            if failure.is_none() {
+                core.settle(ctx);
+            }
         }
         if !out.is_empty() {
             ctx.status = response.head.status;

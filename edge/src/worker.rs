@@ -92,9 +92,20 @@ impl Core {
 
     /// The end of every request: chain `on_done`, metrics, audit record.
     pub fn finish(&self, ctx: &mut RequestCtx) {
-        self.chain.on_done(ctx);
+        self.settle(ctx);
         self.metrics.record(ctx);
         self.audit.record(&self.config, ctx);
+    }
+
+    /// Run the chain's `on_done` (usage, cost, quota settlement) once. The
+    /// relay calls it just before the last byte goes to the client, so a
+    /// client that sends its next request the moment this one ends finds
+    /// its quota already settled; `finish` calls it for every other path.
+    pub fn settle(&self, ctx: &mut RequestCtx) {
+        if !ctx.settled {
+            ctx.settled = true;
+            self.chain.on_done(ctx);
+        }
     }
 
     /// The routed model's targets: its provider first, then its fallbacks.

@@ -297,7 +297,7 @@ fn a_burst_of_200_never_overshoots_tokens_per_minute() {
         assert_eq!(tokens_of(rec), 0, "{rec}");
         assert_eq!(rec["usage_source"], "none", "{rec}");
     }
-    let used: u64 = ok.iter().map(|r| tokens_of(r)).sum();
+    let used: u64 = ok.iter().copied().map(tokens_of).sum();
     for rec in &ok {
         assert_eq!(rec["prompt_tokens"], prompt, "{rec}");
         assert_eq!(rec["completion_tokens"], MAX_TOKENS, "{rec}");
@@ -328,15 +328,22 @@ fn balance_runs_out_and_the_admin_api_reads_and_tops_it_up() {
     let per_request = prompt_tokens(MINI_UPSTREAM, &body) + 16;
     let mut ids = Vec::new();
     let mut refusal = None;
+    // One keep-alive connection: sluice settles a request before it reads
+    // the next one from the same connection (see
+    // `a_delivered_response_no_longer_holds_its_reservation` for fresh
+    // connections).
+    let mut c = gw.connect();
     for i in 0..50 {
         let id = format!("bal-{i}");
-        let r = gw.chat(ALICE, &[("x-request-id", &id)], &body);
+        c.send(&chat_request(Some(ALICE), &[("x-request-id", &id)], &body));
+        let r = c.read_response();
         ids.push(id);
         if r.status != 200 {
             refusal = Some(r);
             break;
         }
     }
+    drop(c);
     let refusal = refusal.expect("a balance of 300 tokens never ran out");
     let e = assert_refused(&refusal, "insufficient_quota");
     assert!(
@@ -390,7 +397,7 @@ fn balance_runs_out_and_the_admin_api_reads_and_tops_it_up() {
         Some(r#"{"add": 1000000}"#),
     );
     assert_eq!(r.status, 401, "wrong token on a change: {}", r.text());
-    assert_eq!(r.json()["error"]["message"].is_string(), true);
+    assert!(r.json()["error"]["message"].is_string(), "{}", r.text());
 
     let bad: [(&str, &str, &str, u16); 9] = [
         ("alice", "balance", "{nope", 400),
@@ -475,10 +482,11 @@ fn balance_runs_out_and_the_admin_api_reads_and_tops_it_up() {
 
 // 3 ---------------------------------------------------------------------------
 
-/// Success (plain and streamed), upstream 500, upstream timeout and a client
-/// abort each settle exactly once to what their audit record says: the
-/// admin API's usage totals, the balance and the token window all agree
-/// with the sum over the records.
+/// Success (plain and streamed), upstream 500, upstream timeout, a client
+/// that leaves while the upstream thinks and a client abort mid-stream each
+/// settle exactly once to what their audit record says: the admin API's
+/// usage totals, the balance and the token window all agree with the sum
+/// over the records, and no request is left holding a concurrency slot.
 #[test]
 fn every_path_settles_to_its_audited_usage() {
     const START: i64 = 100_000;
@@ -489,10 +497,16 @@ fn every_path_settles_to_its_audited_usage() {
     setup.providers[0].first_byte_timeout_ms = 300;
     setup
         .with_admin_token()
+        // One upstream attempt per request: each path below is exactly
+        // the failure it names, not a retry of it.
+        .extra("", "[retry]\nmax_attempts = 1")
         .extra("quota", &format!("completion_weight = {WEIGHT}.0"))
         .extra(
             "consumers.alice",
-            &format!("balance = {START}\nlimits = {{ tokens_per_minute = {TPM} }}"),
+            &format!(
+                "balance = {START}\n\
+                 limits = {{ tokens_per_minute = {TPM}, concurrent_requests = 10 }}"
+            ),
         );
     let gw = Gateway::start(&setup);
     let plain = chat(MINI, Some(100), false);
@@ -528,6 +542,16 @@ fn every_path_settles_to_its_audited_usage() {
     );
     assert_eq!(r.status, 504, "{}", r.text());
 
+    // The client hangs up while the provider has not answered yet.
+    let mut c = gw.connect();
+    c.send(&chat_request(
+        Some(ALICE),
+        &[("x-request-id", "path-left"), ("x-mock-ttfb-ms", "3000")],
+        &plain,
+    ));
+    std::thread::sleep(Duration::from_millis(20));
+    drop(c);
+
     let mut events = open_stream(
         &gw,
         &[
@@ -552,13 +576,14 @@ fn every_path_settles_to_its_audited_usage() {
         "path-stream",
         "path-500",
         "path-timeout",
+        "path-left",
         "path-abort",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     let recs = records_of(&gw, &ids);
-    let [ok, stream, e500, timeout, abort] = [0, 1, 2, 3, 4].map(|i| &recs[i]);
+    let [ok, stream, e500, timeout, left, abort] = [0, 1, 2, 3, 4, 5].map(|i| &recs[i]);
     for rec in [ok, stream] {
         assert_eq!(rec["status"], 200, "{rec}");
         assert_eq!(rec["usage_source"], "provider", "{rec}");
@@ -568,7 +593,8 @@ fn every_path_settles_to_its_audited_usage() {
     assert_eq!(e500["status"], 500, "{e500}");
     assert_eq!(timeout["status"], 504, "{timeout}");
     assert_eq!(timeout["error"], "upstream_timeout", "{timeout}");
-    for rec in [e500, timeout] {
+    assert_eq!(left["status"], 499, "{left}");
+    for rec in [e500, timeout, left] {
         assert_eq!(tokens_of(rec), 0, "no answer, no tokens: {rec}");
         assert_eq!(rec["usage_source"], "none", "{rec}");
     }
@@ -586,7 +612,11 @@ fn every_path_settles_to_its_audited_usage() {
     let d = gw.admin_consumer("alice");
     let elapsed = started.elapsed();
     let usage = &d["usage"][MINI];
-    assert_eq!(usage["requests"], 5, "one settlement per request: {d}");
+    assert_eq!(usage["requests"], 6, "one settlement per request: {d}");
+    assert_eq!(
+        d["limits"]["concurrent_requests"]["in_flight"], 0,
+        "a request still holds its concurrency slot: {d}"
+    );
     assert_eq!(usage["prompt_tokens"], prompt_sum, "{d}");
     assert_eq!(usage["completion_tokens"], completion_sum, "{d}");
     assert_eq!(usage["cached_tokens"], 0, "{d}");
@@ -714,8 +744,9 @@ fn budget_per_day_is_spent_by_the_price_table_then_refuses() {
 // 5 ---------------------------------------------------------------------------
 
 /// What the admin API says survives a restart: balance, budget spend and
-/// usage totals exactly, the token window within what it refills while
-/// sluice is down.
+/// usage totals exactly; the consumer's token window and the consumer x
+/// model request window within what they refill in `gap`, the time from
+/// reading `before` to reading `after`.
 fn assert_same_state(before: &Value, after: &Value, gap: Duration, what: &str) {
     assert_eq!(after["balance"], before["balance"], "{what}: balance");
     assert_eq!(
@@ -730,13 +761,24 @@ fn assert_same_state(before: &Value, after: &Value, gap: Duration, what: &str) {
         is + 1 >= was && is <= was + refilled + 1,
         "{what}: tokens_per_day remaining {is}, was {was} (+ up to {refilled} in {gap:?})"
     );
+    let window = |d: &Value| num(&d["model_limits"][MINI]["requests_per_minute"]["remaining"]);
+    let (was, is) = (window(before), window(after));
+    let refilled = refill(RESTART_RPM, MINUTE, gap);
+    assert!(
+        is + 1 >= was && is <= was + refilled + 1,
+        "{what}: {MINI} requests_per_minute remaining {is}, was {was} (+ up to {refilled})"
+    );
 }
+
+/// The consumer x model request window of the restart test.
+const RESTART_RPM: u64 = 20;
 
 /// Quota state lives in `[quota] state_path` (redb). A SIGTERM saves it on
 /// the way out; a `kill -9` loses at most the last `flush_interval_ms` of
 /// changes. The test kills only after a quiet stretch of three flush
 /// intervals with every request settled, so the bound it asserts is
-/// equality: nothing may be lost, nothing counted twice.
+/// equality: nothing may be lost, nothing counted twice. (A kill with
+/// requests in flight is `kill_9_with_a_request_in_flight_...` below.)
 #[test]
 fn quota_state_survives_sigterm_and_kill_9() {
     const FLUSH_MS: u64 = 200;
@@ -748,13 +790,19 @@ fn quota_state_survives_sigterm_and_kill_9() {
         .extra(&format!("models.{MINI}"), &PRICE.toml())
         .extra(
             "consumers.alice",
-            "balance = 5000\nlimits = { budget_per_day = 10.0, tokens_per_day = 100000 }",
+            &format!(
+                "balance = 5000\n\
+                 limits = {{ budget_per_day = 10.0, tokens_per_day = 100000 }}\n\
+                 model_limits = {{ \"{MINI}\" = {{ requests_per_minute = {RESTART_RPM} }} }}"
+            ),
         );
     let body = chat_body(MINI, false);
     let run = |gw: &Gateway, tag: &str| {
         let ids: Vec<String> = (0..3).map(|i| format!("{tag}-{i}")).collect();
+        let mut c = gw.connect();
         for id in &ids {
-            let r = gw.chat(ALICE, &[("x-request-id", id)], &body);
+            c.send(&chat_request(Some(ALICE), &[("x-request-id", id)], &body));
+            let r = c.read_response();
             assert_eq!(r.status, 200, "{}", r.text());
         }
         records_of(gw, &ids)
@@ -794,9 +842,9 @@ fn quota_state_survives_sigterm_and_kill_9() {
         5000 - (used + used2) as i64,
         "{before}"
     );
+    let read_at = Instant::now();
     assert_eq!(before["usage"][MINI]["requests"], 6, "{before}");
     std::thread::sleep(Duration::from_millis(3 * FLUSH_MS));
-    let read_at = Instant::now();
     gw.sigkill();
     let dir = gw.take_dir();
     drop(gw);
@@ -902,8 +950,7 @@ fn consumer_model_limits_and_unlimited_defaults() {
         assert_eq!(header_num(&bob[i], "x-ratelimit-limit-requests"), 1);
     }
 
-    let ids: Vec<String> = alice_ids.clone();
-    let recs = records_of(&gw, &ids);
+    let recs = records_of(&gw, &alice_ids);
     let refused = &recs[2];
     assert_eq!(refused["status"], 429, "{refused}");
     assert_eq!(refused["limit"], "requests_per_minute", "{refused}");
@@ -970,4 +1017,194 @@ fn consumer_model_limits_and_unlimited_defaults() {
     assert_eq!(changes[0]["limits"], json!(["requests_per_minute"]));
     assert_eq!(changes[1]["model"], Value::Null, "{}", changes[1]);
     assert_eq!(changes[1]["limits"], json!(["tokens_per_day"]));
+}
+
+// Regressions ----------------------------------------------------------------
+
+/// Bug: usage totals are kept only for requests that hold a reservation,
+/// and `Admission::on_request` reserves only when the consumer (or
+/// consumer x model) has some limit or balance (`Engine::is_limited`). A
+/// consumer without limits never shows up in the admin API's usage, cost
+/// or request totals (DESIGN.md §2.16: totals per consumer/model in
+/// metrics *and* the admin API), though metrics and audit count it.
+#[test]
+fn usage_totals_cover_consumers_without_limits() {
+    let mock = mock();
+    let mut setup = Setup::new(&mock);
+    setup.with_admin_token();
+    let gw = Gateway::start(&setup);
+    let r = gw.chat(
+        BOB,
+        &[("x-request-id", "bob-free")],
+        &chat_body(TURBO, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = gw.audit_record("bob-free");
+    let d = gw.admin_consumer("bob");
+    let usage = &d["usage"][TURBO];
+    assert_eq!(
+        usage["requests"], 1,
+        "bob's request is not in his totals: {d}"
+    );
+    assert_eq!(usage["prompt_tokens"], rec["prompt_tokens"], "{d}");
+    assert_eq!(usage["completion_tokens"], rec["completion_tokens"], "{d}");
+}
+
+/// Bug: `Balance::add` (`edge/src/quota/cell.rs`) adds with a wrapping
+/// `fetch_add` and saturates only the value it returns, so a large
+/// `{"add": N}` stores a wrapped, hugely negative balance while the admin
+/// API answers with the saturated positive one; the consumer is then
+/// refused with `insufficient_quota` right after being topped up.
+#[test]
+fn a_huge_balance_top_up_does_not_wrap_around() {
+    let mock = mock();
+    let mut setup = Setup::new(&mock);
+    setup
+        .with_admin_token()
+        .extra("consumers.alice", "balance = 1000");
+    let gw = Gateway::start(&setup);
+    let r = gw.admin_post("alice", "balance", &format!(r#"{{"add": {}}}"#, i64::MAX));
+    let answered = if r.status == 200 {
+        Some(int(&r.json()["balance"]))
+    } else {
+        // Refusing the overflow with a 400 would be fine too.
+        assert_eq!(r.status, 400, "{}", r.text());
+        None
+    };
+    let stored = int(&gw.admin_consumer("alice")["balance"]);
+    if let Some(answered) = answered {
+        assert_eq!(
+            stored, answered,
+            "the admin API answered one balance and kept another"
+        );
+    }
+    assert!(stored >= 1000, "a top-up took the balance down to {stored}");
+    let r = gw.chat(ALICE, &[], &chat_body(MINI, false));
+    assert_eq!(r.status, 200, "refused right after a top-up: {}", r.text());
+}
+
+/// Bug: the quota store snapshots the engine's live counters, which hold
+/// the reservations of requests still in flight (prompt + max_tokens, here
+/// the 4096 default). After a `kill -9` those holds come back as spent:
+/// the restored balance is short by a request that was never settled and
+/// has no audit record, so balance != start - sum(audit) forever (DESIGN.md
+/// §2: one settlement per request, nothing counted twice). The store's own
+/// promise is "a kill -9 loses at most one flush interval of usage".
+#[test]
+fn kill_9_with_a_request_in_flight_does_not_persist_its_reservation() {
+    const START: i64 = 100_000;
+    const FLUSH_MS: u64 = 100;
+    let mock = mock();
+    let mut setup = Setup::new(&mock);
+    setup
+        .with_admin_token()
+        .extra("quota", &format!("flush_interval_ms = {FLUSH_MS}"))
+        .extra("consumers.alice", &format!("balance = {START}"));
+    let mut gw = Gateway::start(&setup);
+    let mut c = gw.connect();
+    c.send(&chat_request(
+        Some(ALICE),
+        &[("x-request-id", "in-flight"), ("x-mock-ttfb-ms", "8000")],
+        &chat_body(MINI, false),
+    ));
+    wait_for(
+        "the request to reach the mock",
+        Duration::from_secs(5),
+        || (counter(&mock.stats.requests) == 1).then_some(()),
+    );
+    // Several flushes while the request is held upstream.
+    std::thread::sleep(Duration::from_millis(5 * FLUSH_MS));
+    gw.sigkill();
+    drop(c);
+    let dir = gw.take_dir();
+    drop(gw);
+    let gw = Gateway::start_in(&setup, dir);
+    let settled: u64 = gw
+        .audit()
+        .iter()
+        .filter(|r| r["kind"] == "request")
+        .map(tokens_of)
+        .sum();
+    assert_eq!(settled, 0, "no request finished before the kill");
+    let d = gw.admin_consumer("alice");
+    assert_eq!(
+        int(&d["balance"]),
+        START,
+        "the in-flight request's reservation was persisted as spent: {d}"
+    );
+}
+
+/// Bug: a response reaches the client before its reservation is settled.
+/// `proxy::relay_whole` (and `relay_stream`) write the whole answer, and
+/// only afterwards does `conn::serve` drop its `Pending`, whose `Drop`
+/// calls `Core::finish` -> `Accounting::on_done` (which, when the provider
+/// reported no usage, first runs the tokenizer over prompt and answer) ->
+/// `Admission::on_done` -> `Engine::settle`. Until then the request still
+/// holds prompt + max_tokens (4096 by default). A client that waits for
+/// each answer before sending the next request, on a new connection that
+/// the kernel hands to the other core, is refused with
+/// `insufficient_quota` (or `rate_limit_exceeded` by a token window) for
+/// tokens it no longer uses.
+///
+/// Here the answers carry no usage and are 2000 tokens long, so the
+/// tokenizer keeps the window open for a while; the balance (100 000)
+/// covers all 40 strictly sequential requests (40 x ~2026) but not one
+/// unsettled reservation (prompt + max_tokens 200 000), so every refusal is
+/// this race. The same race shows without estimation, only less often.
+#[test]
+fn a_delivered_response_no_longer_holds_its_reservation() {
+    const START: i64 = 100_000;
+    const N: usize = 40;
+    let mock = mock();
+    let mut setup = Setup::new(&mock);
+    setup
+        .with_admin_token()
+        .extra("consumers.alice", &format!("balance = {START}"));
+    let gw = Gateway::start(&setup);
+    let body = chat(MINI, Some(200_000), false);
+    let headers = [("x-mock-omit-usage", "1"), ("x-mock-chunks", "2000")];
+    let mut refused = Vec::new();
+    for i in 0..N {
+        let r = gw.chat(ALICE, &headers, &body);
+        match r.status {
+            200 => {}
+            429 => refused.push(i),
+            other => panic!("request {i}: {other} {}", r.text()),
+        }
+    }
+    let records = gw.audit_settled(N);
+    let used: u64 = records.iter().map(tokens_of).sum();
+    assert!(
+        used < START as u64,
+        "the test's balance is too small: {used} used"
+    );
+    assert!(
+        refused.is_empty(),
+        "requests {refused:?} of {N} were refused although each came only after the one \
+         before had been answered, and the balance ({START}) covers all of them ({used})"
+    );
+}
+
+/// Regression (fixed in b8ac603): with the default `fallback_on` (429,
+/// 5xx, timeout) a model whose only target is a provider with one key
+/// answered an upstream 500 (or a first-byte timeout) by retrying the same
+/// target; `pool.pick` excluded the one key as already tried and the
+/// client got `429 rate_limit_exceeded` "every API key of provider 'mock'
+/// is cooling down" with a Retry-After, though no key was cooling and no
+/// limit of the client's was hit: a client reads that as its own rate
+/// limit. With nothing left to try, the provider's answer must go back.
+#[test]
+fn an_upstream_500_with_nothing_left_to_try_is_not_reported_as_a_rate_limit() {
+    let mock = mock();
+    let mut setup = Setup::new(&mock);
+    setup.providers[0].first_byte_timeout_ms = 300;
+    // Retries always within budget, so the outcome does not depend on
+    // how many requests came before.
+    setup.extra("", "[retry]\nbudget_ratio = 1.0");
+    let gw = Gateway::start(&setup);
+    let body = chat_body(MINI, false);
+    let r = gw.chat(ALICE, &[("x-mock-status", "500")], &body);
+    assert_eq!(r.status, 500, "{}", r.text());
+    let r = gw.chat(ALICE, &[("x-mock-ttfb-ms", "2000")], &body);
+    assert_eq!(r.status, 504, "{}", r.text());
 }

@@ -188,7 +188,7 @@ impl Conn {
                         }
                         // A short read drained the socket; epoll reports
                         // the next arrival as a new edge.
-                        if n < scratch.len() {
+                        if n < scratch.len() && !closed {
                             return Ok(ReadEnd::Drained);
                         }
                     }

@@ -297,7 +297,7 @@ impl<'a> Engine<'a> {
                 break;
             }
             let next = self.next_deadline(now);
-            if !self.armed.is_some_and(|a| a <= next) {
+            if self.armed.is_none_or(|a| a > next) {
                 self.timer.arm(next.saturating_duration_since(now))?;
                 self.armed = Some(next);
             }

@@ -590,14 +590,16 @@ mod tests {
         let sse = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\
                    transfer-encoding: chunked\r\n\r\n\
                    f\r\ndata: {\"a\":1}\n\n\r\n3;ext=1\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n";
-        let table: [(
-            &str,
-            &str,
+        // (what, raw response, end of stream after it, result, heads, body)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
             bool,
             Result<Progress, WireError>,
             Vec<Head>,
-            &str,
-        ); 9] = [
+            &'a str,
+        );
+        let table: [Case; 9] = [
             (
                 "length",
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",

@@ -9,7 +9,8 @@
 //! OpenAI recipe with the system prompt as a system message
 //! ([`prompt_tokens_messages`]). Cached tokens are reported as
 //! `cache_read_input_tokens` and left out of `input_tokens`, as Anthropic
-//! does. Errors have Anthropic's shape and types; the key is `x-api-key`.
+//! does. Errors have Anthropic's shape and types; the key comes in
+//! `x-api-key` or, as recent Anthropic SDKs send it, as a bearer token.
 //! With `tools` and `x-mock-tool-call: NAME` the answer is a `tool_use`
 //! block instead (see `tools`).
 
@@ -100,7 +101,13 @@ fn route(head: &Head, body: &[u8], script: &Script, ctx: &Ctx) -> Reply {
         return error(405, &msg);
     }
     if let Some(key) = ctx.api_key {
-        if head.header("x-api-key").map(str::trim) != Some(key) {
+        // Anthropic's own header, or a bearer token: recent SDKs send the
+        // API key that way.
+        let given = head.header("x-api-key").or_else(|| {
+            head.header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+        if given.map(str::trim) != Some(key) {
             return error(401, "invalid x-api-key");
         }
     }
@@ -297,7 +304,13 @@ mod tests {
         let table = [
             ("", ok, 401, "authentication_error"),
             (
-                "Authorization: Bearer sk-ant\r\n",
+                "Authorization: Bearer sk-x\r\n",
+                ok,
+                401,
+                "authentication_error",
+            ),
+            (
+                "x-api-key: sk-x\r\nAuthorization: Bearer sk-ant\r\n",
                 ok,
                 401,
                 "authentication_error",
@@ -356,6 +369,8 @@ mod tests {
         let (_, v) = full(run(KEY, r#"{"model":"m","messages":[]}"#));
         assert_eq!(v["error"]["message"], "max_tokens: Field required");
         let (status, _) = full(run(KEY, ok));
+        assert_eq!(status, 200);
+        let (status, _) = full(run("Authorization: Bearer sk-ant\r\n", ok));
         assert_eq!(status, 200);
     }
 

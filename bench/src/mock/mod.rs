@@ -50,8 +50,8 @@ pub struct MockConfig {
     /// Serve TLS with this config instead of plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// When set, every request except `/mock/stats` must carry
-    /// `Authorization: Bearer <key>` (`x-api-key: <key>` at `/v1/messages`),
-    /// else 401.
+    /// `Authorization: Bearer <key>` (at `/v1/messages`, `x-api-key: <key>`
+    /// also does), else 401.
     pub api_key: Option<String>,
     /// Reserved; ignored (`POST /v1/messages` always speaks Anthropic's
     /// wire format).

@@ -79,7 +79,9 @@ impl RedisConn {
         }
     }
 
-    /// Send every command in one write; one reply each, in order.
+    /// Send every command in one write; one reply each, in order. A kept
+    /// connection that turns out dead (Redis restarted while this core was
+    /// idle) is replaced once before Redis counts as down.
     pub async fn pipeline(&self, commands: &[Vec<u8>]) -> Result<Vec<redis::Value>, String> {
         let _turn = self.gate.enter().await;
         if let Some(at) = self.retry_at.get() {
@@ -92,34 +94,38 @@ impl RedisConn {
             }
         }
         // Taken out for the exchange (never borrowed across an await).
-        let taken = self.conn.borrow_mut().take();
-        let mut conn = match taken {
-            Some(c) => c,
-            None => match self.connect().await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.retry_at.set(Some(Instant::now() + BACKOFF));
-                    return Err(e);
+        let mut kept = self.conn.borrow_mut().take();
+        loop {
+            let reused = kept.is_some();
+            let mut conn = match kept.take() {
+                Some(c) => c,
+                None => match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.retry_at.set(Some(Instant::now() + BACKOFF));
+                        return Err(e);
+                    }
+                },
+            };
+            match monoio::time::timeout(self.op_timeout, exchange(&mut conn, commands)).await {
+                Ok(Ok(values)) => {
+                    self.retry_at.set(None);
+                    *self.conn.borrow_mut() = Some(conn);
+                    return Ok(values);
                 }
-            },
-        };
-        match monoio::time::timeout(self.op_timeout, exchange(&mut conn, commands)).await {
-            Ok(Ok(values)) => {
-                self.retry_at.set(None);
-                *self.conn.borrow_mut() = Some(conn);
-                Ok(values)
-            }
-            Ok(Err(e)) => {
-                self.retry_at.set(Some(Instant::now() + BACKOFF));
-                Err(format!("redis {}: {e}", self.url))
-            }
-            Err(_) => {
-                self.retry_at.set(Some(Instant::now() + BACKOFF));
-                Err(format!(
-                    "redis {}: no answer within {} ms",
-                    self.url,
-                    self.op_timeout.as_millis()
-                ))
+                Ok(Err(_)) if reused => continue,
+                Ok(Err(e)) => {
+                    self.retry_at.set(Some(Instant::now() + BACKOFF));
+                    return Err(format!("redis {}: {e}", self.url));
+                }
+                Err(_) => {
+                    self.retry_at.set(Some(Instant::now() + BACKOFF));
+                    return Err(format!(
+                        "redis {}: no answer within {} ms",
+                        self.url,
+                        self.op_timeout.as_millis()
+                    ));
+                }
             }
         }
     }

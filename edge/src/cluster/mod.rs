@@ -28,7 +28,7 @@ use std::time::Duration;
 use redis::Script;
 use sluice_config::Config;
 
-use crate::quota::{Engine, Limit, Need, Refusal, Windows, LEASED};
+use crate::quota::{Engine, Lease, Limit, Need, Refusal, Windows, LEASED};
 use conn::RedisConn;
 
 /// GCRA grant of `want` units (at least `need`) from a shared bucket.
@@ -122,7 +122,7 @@ impl Lua {
     }
 
     /// EVALSHA with one key (the script is loaded on NOSCRIPT and sent again).
-    fn call(&self, key: &str, args: &[u64]) -> Vec<u8> {
+    fn call(&self, key: &str, args: &[i64]) -> Vec<u8> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash()).arg(1).arg(key);
         for a in args {
@@ -217,7 +217,7 @@ impl Cluster {
                     .unwrap_or(0)
                     .max(0) as u64;
                 self.balance_lease
-                    .call(&key, &[start, want(start), need.units])
+                    .call(&key, &signed(&[start, want(start), need.units]))
             }
             Limit::BudgetPerDay | Limit::BudgetPerMonth => {
                 let size = size.unwrap_or(0);
@@ -227,12 +227,12 @@ impl Cluster {
                     40 * 86_400
                 };
                 self.budget_lease
-                    .call(&key, &[size, want(size), need.units, ttl_s])
+                    .call(&key, &signed(&[size, want(size), need.units, ttl_s]))
             }
             l => {
                 let size = size.unwrap_or(1);
                 self.rate_lease
-                    .call(&key, &[size, period_us(l), want(size), need.units])
+                    .call(&key, &signed(&[size, period_us(l), want(size), need.units]))
             }
         }
     }
@@ -303,7 +303,15 @@ impl Cluster {
         let now = self.engine.now();
         let windows = Windows::at(std::time::SystemTime::now());
         let mut commands = Vec::new();
-        let mut reclaimed = Vec::new();
+        // What was taken from the leases, to put back if Redis fails.
+        let mut reclaimed: Vec<(&Lease, i64)> = Vec::new();
+        let take = |lease: &Lease| {
+            if all {
+                lease.reclaim_all()
+            } else {
+                lease.reclaim(now)
+            }
+        };
         for (c, q) in self.engine.consumers.iter().enumerate() {
             let scopes = std::iter::once((None, &q.cells)).chain(
                 q.per_model
@@ -314,11 +322,9 @@ impl Cluster {
             for (model, cells) in scopes {
                 for (i, limit) in LEASED.iter().enumerate() {
                     let lease = &cells.leases[i];
-                    let units = if all {
-                        lease.reclaim_all()
-                    } else {
-                        lease.reclaim(now)
-                    };
+                    // Positive: unspent, handed back. Negative: used beyond
+                    // the reservations, charged now.
+                    let units = take(lease);
                     if units == 0 {
                         continue;
                     }
@@ -326,7 +332,7 @@ impl Cluster {
                         consumer: c,
                         model,
                         limit: *limit,
-                        units,
+                        units: 0,
                     };
                     let key = self.key(&need, &windows);
                     let cmd = match limit {
@@ -335,25 +341,22 @@ impl Cluster {
                             .arg(units)
                             .get_packed_command(),
                         l => {
-                            let size = cells.size(*l).unwrap_or(1);
-                            self.rate_return.call(&key, &[size, period_us(*l), units])
+                            let size = cells.size(*l).unwrap_or(1).min(i64::MAX as u64) as i64;
+                            self.rate_return
+                                .call(&key, &[size, period_us(*l) as i64, units])
                         }
                     };
                     commands.push(cmd);
-                    reclaimed.push((need, units));
+                    reclaimed.push((lease, units));
                 }
             }
-            let units = if all {
-                q.balance_lease.reclaim_all()
-            } else {
-                q.balance_lease.reclaim(now)
-            };
-            if units > 0 {
+            let units = take(&q.balance_lease);
+            if units != 0 {
                 let need = Need {
                     consumer: c,
                     model: None,
                     limit: Limit::Balance,
-                    units,
+                    units: 0,
                 };
                 commands.push(
                     redis::cmd("INCRBY")
@@ -361,17 +364,16 @@ impl Cluster {
                         .arg(units)
                         .get_packed_command(),
                 );
-                reclaimed.push((need, units));
+                reclaimed.push((&q.balance_lease, units));
             }
         }
         if commands.is_empty() {
             return Ok(());
         }
-        let replies = self.run(&commands).await;
-        if let Err(e) = replies {
-            // Keep the units: credit them back so they are returned next time.
-            for (need, units) in &reclaimed {
-                self.engine.credit(need, *units, 0);
+        if let Err(e) = self.run(&commands).await {
+            // Keep the units: they are settled on the next round.
+            for (lease, units) in reclaimed {
+                lease.adjust(units);
             }
             return Err(e);
         }
@@ -405,6 +407,12 @@ impl Cluster {
         };
         self.key(&need, &Windows::at(std::time::SystemTime::now()))
     }
+}
+
+fn signed(args: &[u64]) -> Vec<i64> {
+    args.iter()
+        .map(|a| (*a).min(i64::MAX as u64) as i64)
+        .collect()
 }
 
 fn is_noscript(v: &redis::Value) -> bool {

@@ -170,12 +170,15 @@ impl Concurrency {
 #[derive(Debug)]
 pub struct Balance {
     tokens: AtomicI64,
+    /// Reserved by requests still in flight (already taken off `tokens`).
+    held: AtomicI64,
 }
 
 impl Balance {
     pub fn new(tokens: i64) -> Self {
         Balance {
             tokens: AtomicI64::new(tokens),
+            held: AtomicI64::new(0),
         }
     }
 
@@ -187,19 +190,43 @@ impl Balance {
         self.tokens.store(tokens, Ordering::Release);
     }
 
+    /// Add `delta` (saturating: a huge top-up never wraps around).
     pub fn add(&self, delta: i64) -> i64 {
-        self.tokens
-            .fetch_add(delta, Ordering::AcqRel)
-            .saturating_add(delta)
+        let before = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_add(delta))
+            })
+            .unwrap_or_else(|b| b);
+        before.saturating_add(delta)
     }
 
     /// Reserve `tokens` if the balance is positive.
     pub fn reserve(&self, tokens: u64) -> bool {
-        self.tokens
+        let tokens = tokens.min(i64::MAX as u64) as i64;
+        let ok = self
+            .tokens
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                (b > 0).then(|| b.saturating_sub(tokens.min(i64::MAX as u64) as i64))
+                (b > 0).then(|| b.saturating_sub(tokens))
             })
-            .is_ok()
+            .is_ok();
+        if ok {
+            self.held.fetch_add(tokens, Ordering::AcqRel);
+        }
+        ok
+    }
+
+    /// Settle a reservation of `reserved` tokens that used `used`.
+    pub fn settle(&self, reserved: u64, used: u64) {
+        self.add(reserved as i64 - used as i64);
+        self.held
+            .fetch_sub(reserved.min(i64::MAX as u64) as i64, Ordering::AcqRel);
+    }
+
+    /// The balance as if every request in flight gave its reservation
+    /// back: what a crash must not lose (persisted instead of `get`).
+    pub fn settled(&self) -> i64 {
+        self.get().saturating_add(self.held.load(Ordering::Acquire))
     }
 }
 
@@ -212,6 +239,8 @@ const SPEND_MASK: u64 = (1 << SPEND_BITS) - 1;
 pub struct Budget {
     limit_micros: u64,
     word: AtomicU64,
+    /// Reserved by requests still in flight (already in the spend).
+    held: AtomicU64,
 }
 
 fn pack(window: u64, spend: u64) -> u64 {
@@ -227,6 +256,7 @@ impl Budget {
         Budget {
             limit_micros,
             word: AtomicU64::new(0),
+            held: AtomicU64::new(0),
         }
     }
 
@@ -247,7 +277,8 @@ impl Budget {
     /// Reserve `micros` in `window`: refused when it would pass the limit,
     /// except for the first spend of a window (one oversized request may go).
     pub fn reserve(&self, window: u64, micros: u64) -> bool {
-        self.word
+        let ok = self
+            .word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
                 let (w, spend) = unpack(word);
                 let spend = if w == window { spend } else { 0 };
@@ -257,17 +288,38 @@ impl Budget {
                     Some(pack(window, spend + micros))
                 }
             })
-            .is_ok()
+            .is_ok();
+        if ok {
+            self.held.fetch_add(micros, Ordering::AcqRel);
+        }
+        ok
+    }
+
+    /// Settle a reservation of `reserved` micros in `window` that cost `used`.
+    pub fn settle(&self, window: u64, reserved: u64, used: u64) {
+        self.adjust(window, used as i64 - reserved as i64);
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                Some(h.saturating_sub(reserved))
+            });
+    }
+
+    /// The word as if every request in flight gave its reservation back.
+    pub fn settled_word(&self) -> u64 {
+        let (w, spend) = unpack(self.word.load(Ordering::Acquire));
+        pack(w, spend.saturating_sub(self.held.load(Ordering::Acquire)))
     }
 
     /// Adjust the spend in `window` by `delta` micro-units (settlement).
+    /// A window that has ended is left alone: settling into it would
+    /// overwrite the new window's spend.
     pub fn adjust(&self, window: u64, delta: i64) {
         let _ = self
             .word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
                 let (w, spend) = unpack(word);
-                let spend = if w == window { spend } else { 0 };
-                Some(pack(window, spend.saturating_add_signed(delta)))
+                (w == window).then(|| pack(window, spend.saturating_add_signed(delta)))
             });
     }
 
@@ -423,30 +475,18 @@ impl Lease {
         self.allowance.load(Ordering::Acquire)
     }
 
-    /// If the lease lapsed with units left, take them all (to hand back).
-    pub fn reclaim(&self, now: u64) -> u64 {
+    /// If the lease lapsed, take what is left to settle with Redis:
+    /// positive units to hand back, or a negative debt (use beyond the
+    /// reservations) to charge. Zero when there is nothing to settle.
+    pub fn reclaim(&self, now: u64) -> i64 {
         if self.expires_ns.load(Ordering::Acquire) > now {
             return 0;
         }
-        match self
-            .allowance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
-                (a > 0).then_some(0)
-            }) {
-            Ok(left) => left as u64,
-            Err(_) => 0,
-        }
+        self.allowance.swap(0, Ordering::AcqRel)
     }
 
     /// Take whatever is left, lapsed or not (shutdown).
-    pub fn reclaim_all(&self) -> u64 {
-        match self
-            .allowance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
-                (a > 0).then_some(0)
-            }) {
-            Ok(left) => left as u64,
-            Err(_) => 0,
-        }
+    pub fn reclaim_all(&self) -> i64 {
+        self.allowance.swap(0, Ordering::AcqRel)
     }
 }

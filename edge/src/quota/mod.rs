@@ -350,7 +350,7 @@ impl Cells {
                 reserved.push((budget, window));
             } else {
                 for (b, w) in &reserved {
-                    b.adjust(*w, -(ask.cost_micros as i64));
+                    b.settle(*w, ask.cost_micros, 0);
                 }
                 rollback(&taken);
                 return Err(Refusal {
@@ -382,12 +382,11 @@ impl Cells {
                 std::cmp::Ordering::Equal => {}
             }
         }
-        let delta = actual.cost_micros as i64 - ask.cost_micros as i64;
         if let Some(b) = &self.budget_day {
-            b.adjust(windows.day, delta);
+            b.settle(windows.day, ask.cost_micros, actual.cost_micros);
         }
         if let Some(b) = &self.budget_month {
-            b.adjust(windows.month, delta);
+            b.settle(windows.month, ask.cost_micros, actual.cost_micros);
         }
     }
 }
@@ -681,6 +680,18 @@ impl Engine {
         })
     }
 
+    /// A reservation that holds nothing: for a consumer × model without
+    /// limits, so its settlement still counts the usage.
+    pub fn track(&self, consumer: usize, model: usize) -> Reservation {
+        Reservation {
+            consumer,
+            model,
+            ask: Ask::default(),
+            windows: Windows::at(SystemTime::now()),
+            leased: false,
+        }
+    }
+
     /// Reserve `ask` against every limit of the consumer and consumer × model.
     pub fn admit(&self, consumer: usize, model: usize, ask: Ask) -> Admit {
         let windows = Windows::at(SystemTime::now());
@@ -805,7 +816,7 @@ impl Engine {
                 cells.settle(now, windows, &ask, &actual);
             }
             if let Some(balance) = &q.balance {
-                balance.add(ask.balance_tokens as i64 - actual.balance_tokens as i64);
+                balance.settle(ask.balance_tokens, actual.balance_tokens);
             }
         }
         if let Some(u) = q.usage.get(model) {

@@ -41,10 +41,10 @@ fn cell_rows(engine: &Engine, prefix: &str, cells: &Cells, out: &mut Vec<(String
         }
     }
     if let Some(b) = &cells.budget_day {
-        out.push((format!("{prefix}budget_per_day"), b.word()));
+        out.push((format!("{prefix}budget_per_day"), b.settled_word()));
     }
     if let Some(b) = &cells.budget_month {
-        out.push((format!("{prefix}budget_per_month"), b.word()));
+        out.push((format!("{prefix}budget_per_month"), b.settled_word()));
     }
 }
 
@@ -76,7 +76,9 @@ pub fn rows(engine: &Engine) -> Vec<(String, u64)> {
         let name = &config.consumers[c].name;
         cell_rows(engine, &format!("c/{name}/"), &q.cells, &mut out);
         if let Some(balance) = &q.balance {
-            out.push((format!("c/{name}/balance"), balance.get() as u64));
+            // Reservations of requests in flight are not spent yet: a crash
+            // must not persist them as if they were.
+            out.push((format!("c/{name}/balance"), balance.settled() as u64));
         }
         for (m, cells) in q.per_model.iter().enumerate() {
             if let Some(cells) = cells {

@@ -308,6 +308,7 @@ fn lapsed_leases_are_reclaimed_once() {
     assert_eq!(lease.reclaim(6), 70);
     assert_eq!(lease.reclaim(7), 0);
     lease.adjust(-10);
-    assert_eq!(lease.reclaim_all(), 0, "a debt is not handed back");
     assert_eq!(lease.shortfall(5), 15);
+    assert_eq!(lease.reclaim_all(), -10, "a debt is settled too");
+    assert_eq!(lease.allowance(), 0);
 }

@@ -1110,3 +1110,5 @@ impl Gateway {
         )
     }
 }
+pub mod failover;
+pub mod redis;

@@ -1,0 +1,854 @@
+//! The comparison's report: `report.md` and its SVG plots.
+//!
+//! In: [`Results`] (as also written to `results.json`). Out: a Markdown
+//! file with the machine, a headline table with ratios, the §7 goals with
+//! how far sluice is from each, one table per scenario, the profiles, and
+//! links to the plots drawn next to it. With repeated runs every figure is
+//! the median of the repeats; a figure from a noisy phase carries ⚠.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::{Phase, Results};
+use crate::load::Dist;
+use crate::report::plot::{self, LoadSeries};
+use crate::report::{count, ratio, us};
+
+/// Marks a figure measured while other processes used the CPU.
+const NOISY: &str = " ⚠";
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// The phases of one scenario and target, over the repeats.
+fn phases<'a>(r: &'a Results, scenario: &str, target: &str) -> Vec<&'a Phase> {
+    r.phases
+        .iter()
+        .filter(|p| p.scenario == scenario && p.target == target)
+        .collect()
+}
+
+/// A figure: the median over repeats, and whether any repeat was noisy.
+fn fig(
+    r: &Results,
+    scenario: &str,
+    target: &str,
+    f: impl Fn(&Phase) -> Option<f64>,
+) -> (Option<f64>, bool) {
+    let ps = phases(r, scenario, target);
+    let noisy = ps.iter().any(|p| p.noise.noisy);
+    (median(ps.iter().filter_map(|p| f(p)).collect()), noisy)
+}
+
+/// The repeat whose latency p99 is the median (for plots).
+fn median_phase<'a>(r: &'a Results, scenario: &str, target: &str) -> Option<&'a Phase> {
+    let mut ps = phases(r, scenario, target);
+    ps.sort_by(|a, b| a.summary.latency.p99.total_cmp(&b.summary.latency.p99));
+    ps.get(ps.len() / 2).copied()
+}
+
+fn cell(v: (Option<f64>, bool), show: impl Fn(f64) -> String) -> String {
+    match v {
+        (Some(x), noisy) => format!("{}{}", show(x), if noisy { NOISY } else { "" }),
+        (None, _) => "–".to_owned(),
+    }
+}
+
+fn mb(kb: f64) -> String {
+    format!("{:.1} MB", kb / 1024.0)
+}
+
+fn has(r: &Results, scenario: &str) -> bool {
+    r.phases.iter().any(|p| p.scenario == scenario)
+}
+
+fn target_names(r: &Results) -> Vec<&str> {
+    r.targets.iter().map(|t| t.name.as_str()).collect()
+}
+
+/// One headline row: a figure per target, plus how sluice compares with
+/// nginx.
+struct Row {
+    label: String,
+    scenario: &'static str,
+    get: fn(&Phase) -> Option<f64>,
+    show: fn(f64) -> String,
+    /// Show the difference to direct next to proxies' values.
+    added: bool,
+}
+
+fn latency_p50(p: &Phase) -> Option<f64> {
+    Some(p.summary.latency.p50)
+}
+fn latency_p99(p: &Phase) -> Option<f64> {
+    Some(p.summary.latency.p99)
+}
+fn throughput(p: &Phase) -> Option<f64> {
+    Some(p.summary.throughput_rps)
+}
+fn cpu_per_request(p: &Phase) -> Option<f64> {
+    p.cpu_us_per_request
+}
+fn ttft_p50(p: &Phase) -> Option<f64> {
+    p.summary.ttft.as_ref().map(|d| d.p50)
+}
+fn ttft_p99(p: &Phase) -> Option<f64> {
+    p.summary.ttft.as_ref().map(|d| d.p99)
+}
+fn events_per_s(p: &Phase) -> Option<f64> {
+    Some(p.summary.events_per_s)
+}
+fn fresh_rss(p: &Phase) -> Option<f64> {
+    p.memory
+        .as_ref()
+        .map(|m| m.fresh_kb as f64)
+        .filter(|k| *k > 0.0)
+}
+fn per_stream(p: &Phase) -> Option<f64> {
+    p.memory.as_ref().map(|m| m.per_stream_bytes / 1024.0)
+}
+fn opened(p: &Phase) -> Option<f64> {
+    p.summary.idle.as_ref().map(|i| i.opened as f64)
+}
+
+fn show_us(x: f64) -> String {
+    us(x)
+}
+fn show_rate(x: f64) -> String {
+    count(x)
+}
+fn show_cpu(x: f64) -> String {
+    format!("{x:.1} µs")
+}
+fn show_mb(x: f64) -> String {
+    mb(x)
+}
+fn show_kb(x: f64) -> String {
+    format!("{x:.1} KB")
+}
+
+fn rows() -> Vec<Row> {
+    vec![
+        Row {
+            label: "Latency p50, 1 request at a time".into(),
+            scenario: "c1",
+            get: latency_p50,
+            show: show_us,
+            added: true,
+        },
+        Row {
+            label: "Latency p99, 1 request at a time".into(),
+            scenario: "c1",
+            get: latency_p99,
+            show: show_us,
+            added: true,
+        },
+        Row {
+            label: "Maximum throughput, req/s".into(),
+            scenario: "max",
+            get: throughput,
+            show: show_rate,
+            added: false,
+        },
+        Row {
+            label: "CPU per request at maximum throughput".into(),
+            scenario: "max",
+            get: cpu_per_request,
+            show: show_cpu,
+            added: false,
+        },
+        Row {
+            label: "CPU per request at 50% load".into(),
+            scenario: "rate-50",
+            get: cpu_per_request,
+            show: show_cpu,
+            added: false,
+        },
+        Row {
+            label: "Latency p99 at 80% of direct's maximum".into(),
+            scenario: "rate-80",
+            get: latency_p99,
+            show: show_us,
+            added: true,
+        },
+        Row {
+            label: "Time to first token p99, 1 stream".into(),
+            scenario: "stream-1",
+            get: ttft_p99,
+            show: show_us,
+            added: true,
+        },
+        Row {
+            label: "Time to first token p50, 1024 streams".into(),
+            scenario: "stream-1024",
+            get: ttft_p50,
+            show: show_us,
+            added: true,
+        },
+        Row {
+            label: "CPU per stream of 64 chunks (64 streams)".into(),
+            scenario: "stream-64",
+            get: cpu_per_request,
+            show: show_cpu,
+            added: false,
+        },
+        Row {
+            label: "SSE events/s relayed, 1024 streams".into(),
+            scenario: "stream-1024",
+            get: events_per_s,
+            show: show_rate,
+            added: false,
+        },
+        Row {
+            label: "RSS of a fresh process".into(),
+            scenario: "idle",
+            get: fresh_rss,
+            show: show_mb,
+            added: false,
+        },
+        Row {
+            label: "Memory per idle stream".into(),
+            scenario: "idle",
+            get: per_stream,
+            show: show_kb,
+            added: false,
+        },
+        Row {
+            label: "Idle streams held on one core".into(),
+            scenario: "idle",
+            get: opened,
+            show: show_rate,
+            added: false,
+        },
+    ]
+}
+
+/// The headline table (Markdown), also printed at the end of a run.
+pub fn headline(r: &Results) -> String {
+    let names = target_names(r);
+    let sluices: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with("sluice"))
+        .collect();
+    let with_nginx = names.contains(&"nginx");
+    let mut out = String::new();
+    let _ = write!(out, "| | {} |", names.join(" | "));
+    if with_nginx {
+        for s in &sluices {
+            let _ = write!(out, " {s} ÷ nginx |");
+        }
+    }
+    out.push('\n');
+    let _ = write!(out, "|---|{}", "---:|".repeat(names.len()));
+    if with_nginx {
+        out.push_str(&"---:|".repeat(sluices.len()));
+    }
+    out.push('\n');
+    for row in rows() {
+        if !has(r, row.scenario) {
+            continue;
+        }
+        let direct = fig(r, row.scenario, "direct", row.get).0;
+        let _ = write!(out, "| {} |", row.label);
+        for name in &names {
+            let v = fig(r, row.scenario, name, row.get);
+            let mut c = cell(v, row.show);
+            if row.added && *name != "direct" {
+                if let (Some(x), Some(d)) = (v.0, direct) {
+                    let _ = write!(c, " (+{})", us(x - d));
+                }
+            }
+            let _ = write!(out, " {c} |");
+        }
+        if with_nginx {
+            let nginx = fig(r, row.scenario, "nginx", row.get).0;
+            for s in &sluices {
+                let v = fig(r, row.scenario, s, row.get).0;
+                let _ = write!(out, " {} |", ratio(v, nginx));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The §7 goals and where sluice stands.
+fn goals(r: &Results, out: &mut String) {
+    if !target_names(r).contains(&"sluice") {
+        return;
+    }
+    let s = "sluice";
+    let mut lines: Vec<(String, String, String)> = Vec::new();
+    let verdict = |ok: bool, short: String| {
+        if ok {
+            "met".to_owned()
+        } else {
+            format!("**short** by {short}")
+        }
+    };
+    if has(r, "c1") {
+        let d = fig(r, "c1", "direct", latency_p99).0;
+        let v = fig(r, "c1", s, latency_p99).0;
+        if let (Some(d), Some(v)) = (d, v) {
+            let added = v - d;
+            lines.push((
+                "Added latency p99 at concurrency 1 ≤ 50 µs over direct".into(),
+                format!("+{}", us(added)),
+                verdict(added <= 50.0, us(added - 50.0)),
+            ));
+        }
+    }
+    for sc in ["max", "rate-50"] {
+        let n = fig(r, sc, "nginx", cpu_per_request).0;
+        let v = fig(r, sc, s, cpu_per_request).0;
+        if let (Some(n), Some(v)) = (n, v) {
+            lines.push((
+                format!("CPU per non-streaming request ≤ nginx's ({sc})"),
+                format!("{v:.1} µs vs {n:.1} µs ({:.2}×)", v / n),
+                verdict(
+                    v <= n,
+                    format!(
+                        "{:.1} µs per request ({:.0}%)",
+                        v - n,
+                        (v / n - 1.0) * 100.0
+                    ),
+                ),
+            ));
+        }
+    }
+    if has(r, "stream-1") {
+        let d = fig(r, "stream-1", "direct", ttft_p99).0;
+        let v = fig(r, "stream-1", s, ttft_p99).0;
+        if let (Some(d), Some(v)) = (d, v) {
+            let added = v - d;
+            lines.push((
+                "Added time-to-first-token p99 ≤ 100 µs (1 stream)".into(),
+                format!("+{}", us(added)),
+                verdict(added <= 100.0, us(added - 100.0)),
+            ));
+        }
+    }
+    if has(r, "idle") {
+        let ps = phases(r, "idle", s);
+        if let Some(p) = ps.first() {
+            if let Some(idle) = &p.summary.idle {
+                let workers = r.settings.sluice_workers.max(1) as u64;
+                let per_core = idle.opened / workers;
+                let value = format!(
+                    "{} of {} held on {workers} core(s), {} failed",
+                    idle.opened, idle.requested, idle.failed
+                );
+                let v = if idle.requested / workers < 10_000 && idle.failed == 0 {
+                    format!("not tested: only {} streams asked", idle.requested)
+                } else {
+                    verdict(
+                        per_core >= 10_000 && idle.failed == 0,
+                        format!(
+                            "{} streams",
+                            10_000u64.saturating_sub(per_core).max(idle.failed)
+                        ),
+                    )
+                };
+                lines.push(("≥ 10 000 concurrent streams per core".into(), value, v));
+            }
+        }
+        if let Some(kb) = fig(r, "idle", s, fresh_rss).0 {
+            lines.push((
+                "Idle RSS ≤ 10 MB".into(),
+                mb(kb),
+                verdict(kb <= 10.0 * 1024.0, mb(kb - 10.0 * 1024.0)),
+            ));
+        }
+        if let Some(kb) = fig(r, "idle", s, per_stream).0 {
+            lines.push((
+                "≤ 10 KB per idle stream".into(),
+                format!("{kb:.1} KB"),
+                verdict(kb <= 10.0, format!("{:.1} KB per stream", kb - 10.0)),
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Targets (DESIGN §7)\n\n| goal | sluice | verdict |\n|---|---|---|"
+    );
+    for (goal, value, v) in lines {
+        let _ = writeln!(out, "| {goal} | {value} | {v} |");
+    }
+    out.push('\n');
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("–".into(), |x| format!("{x:.0}%"))
+}
+
+fn noise_cell(ps: &[&Phase]) -> String {
+    let worst = ps
+        .iter()
+        .map(|p| p.noise.others_pct.max(p.noise.steal_pct))
+        .fold(0.0, f64::max);
+    if ps.iter().any(|p| p.noise.noisy) {
+        format!("⚠ {worst:.1}%")
+    } else {
+        format!("{worst:.1}%")
+    }
+}
+
+fn failures(ps: &[&Phase]) -> String {
+    let failed: u64 = ps
+        .iter()
+        .map(|p| p.summary.counts.failed + p.summary.idle.as_ref().map_or(0, |i| i.failed))
+        .sum();
+    if failed == 0 {
+        return "0".into();
+    }
+    let mut kinds: Vec<String> = Vec::new();
+    for p in ps {
+        for (k, v) in &p.summary.errors {
+            kinds.push(format!("{k} {v}"));
+        }
+    }
+    format!("{failed} ({})", kinds.join(", "))
+}
+
+fn scenario_table(r: &Results, id: &str, out: &mut String) {
+    let names = target_names(r);
+    let is_stream = r
+        .phases
+        .iter()
+        .any(|p| p.scenario == id && p.summary.ttft.is_some());
+    let is_idle = id == "idle";
+    if is_idle {
+        let _ = writeln!(
+            out,
+            "| target | opened | failed | time to open all | TTFB p99 | RSS fresh | RSS warm | RSS holding | per stream | CPU per stream | noise |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+    } else if is_stream {
+        let _ = writeln!(
+            out,
+            "| target | streams/s | TTFB p50 | TTFT p50 | TTFT p99 | TTFT p99 vs direct | total p50 | total p99 | gap p99 | events/s | checks ok | CPU per stream | proxy CPU | client CPU | failed | noise |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "| target | req/s | p50 | p90 | p99 | p99.9 | max | p99 vs direct | CPU per request | proxy CPU | client CPU | RSS | failed | noise |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+        );
+    }
+    let open = r
+        .phases
+        .iter()
+        .find(|p| p.scenario == id)
+        .and_then(|p| p.summary.offered_rps);
+    for name in names {
+        let ps = phases(r, id, name);
+        if ps.is_empty() {
+            continue;
+        }
+        let f = |g: &dyn Fn(&Phase) -> Option<f64>| fig(r, id, name, g);
+        let d = |g: &dyn Fn(&Dist) -> f64, which: fn(&Phase) -> Option<&Dist>| {
+            cell(fig(r, id, name, |p| which(p).map(g)), us)
+        };
+        let cpu = cell(f(&|p| p.cpu_us_per_request), show_cpu);
+        if is_idle {
+            let idle = |g: &dyn Fn(&crate::load::IdleCounts) -> f64| {
+                median(
+                    ps.iter()
+                        .filter_map(|p| p.summary.idle.as_ref().map(g))
+                        .collect(),
+                )
+            };
+            let mem = |g: &dyn Fn(&super::IdleMemory) -> f64| {
+                median(ps.iter().filter_map(|p| p.memory.as_ref().map(g)).collect())
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {cpu} | {} |",
+                idle(&|i| i.opened as f64).map_or("–".into(), count),
+                idle(&|i| i.failed as f64).map_or("–".into(), count),
+                idle(&|i| i.open_ms as f64).map_or("–".into(), |v| format!("{} ms", count(v))),
+                d(&|x| x.p99, |p| p.summary.ttfb.as_ref()),
+                mem(&|m| m.fresh_kb as f64)
+                    .filter(|v| *v > 0.0)
+                    .map_or("–".into(), mb),
+                mem(&|m| m.warm_kb as f64)
+                    .filter(|v| *v > 0.0)
+                    .map_or("–".into(), mb),
+                mem(&|m| m.holding_kb as f64)
+                    .filter(|v| *v > 0.0)
+                    .map_or("–".into(), mb),
+                mem(&|m| m.per_stream_bytes / 1024.0)
+                    .map_or("–".into(), |v| format!("{v:.1} KB")),
+                noise_cell(&ps),
+            );
+        } else if is_stream {
+            let direct_ttft = fig(r, id, "direct", ttft_p99).0;
+            let this_ttft = fig(r, id, name, ttft_p99).0;
+            let vs = if name == "direct" {
+                "–".into()
+            } else {
+                match (this_ttft, direct_ttft) {
+                    (Some(a), Some(b)) => format!("+{}", us(a - b)),
+                    _ => "–".into(),
+                }
+            };
+            let checks: (u64, u64) = ps.iter().fold((0, 0), |acc, p| {
+                p.summary
+                    .checks
+                    .as_ref()
+                    .map_or(acc, |c| (acc.0 + c.ok, acc.1 + c.streams))
+            });
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {vs} | {} | {} | {} | {} | {}/{} | {cpu} | {} | {} | {} | {} |",
+                cell(f(&|p| Some(p.summary.throughput_rps)), count),
+                d(&|x| x.p50, |p| p.summary.ttfb.as_ref()),
+                d(&|x| x.p50, |p| p.summary.ttft.as_ref()),
+                d(&|x| x.p99, |p| p.summary.ttft.as_ref()),
+                d(&|x| x.p50, |p| Some(&p.summary.latency)),
+                d(&|x| x.p99, |p| Some(&p.summary.latency)),
+                d(&|x| x.p99, |p| p.summary.gap.as_ref()),
+                cell(f(&|p| Some(p.summary.events_per_s)), count),
+                checks.0,
+                checks.1,
+                pct(f(&|p| p.cpu_pct).0),
+                pct(f(&|p| Some(p.client_pct)).0),
+                failures(&ps),
+                noise_cell(&ps),
+            );
+        } else {
+            let direct_p99 = fig(r, id, "direct", latency_p99).0;
+            let this_p99 = fig(r, id, name, latency_p99).0;
+            let vs = if name == "direct" {
+                "–".into()
+            } else {
+                match (this_p99, direct_p99) {
+                    (Some(a), Some(b)) => format!("+{} ({})", us(a - b), ratio(Some(a), Some(b))),
+                    _ => "–".into(),
+                }
+            };
+            let served = f(&|p| Some(p.summary.throughput_rps));
+            let mut rate = cell(served, count);
+            if let (Some(offered), Some(got)) = (open, served.0) {
+                if got < offered * 0.95 {
+                    let _ = write!(
+                        rate,
+                        " (overloaded: {:.0}% of offered)",
+                        got / offered * 100.0
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "| {name} | {rate} | {} | {} | {} | {} | {} | {vs} | {cpu} | {} | {} | {} | {} | {} |",
+                d(&|x| x.p50, |p| Some(&p.summary.latency)),
+                d(&|x| x.p90, |p| Some(&p.summary.latency)),
+                d(&|x| x.p99, |p| Some(&p.summary.latency)),
+                d(&|x| x.p999, |p| Some(&p.summary.latency)),
+                d(&|x| x.max, |p| Some(&p.summary.latency)),
+                pct(f(&|p| p.cpu_pct).0),
+                pct(f(&|p| Some(p.client_pct)).0),
+                cell(f(&|p| p.rss_kb.map(|k| k as f64)), mb),
+                failures(&ps),
+                noise_cell(&ps),
+            );
+        }
+    }
+    out.push('\n');
+}
+
+/// Picks the distribution a plot shows from a phase.
+type WhichDist = fn(&Phase) -> Option<&Dist>;
+
+/// Draws the plots; returns `(file name, caption)` of each one drawn.
+fn plots(r: &Results, dir: &Path, notes: &mut Vec<String>) -> Vec<(String, String)> {
+    let names = target_names(r);
+    let mut drawn = Vec::new();
+    let percentile_plots: [(&str, &str, &str, WhichDist); 6] = [
+        (
+            "c1",
+            "latency-c1.svg",
+            "Latency, one request at a time",
+            |p| Some(&p.summary.latency),
+        ),
+        (
+            "max",
+            "latency-max.svg",
+            "Latency at maximum throughput (closed loop)",
+            |p| Some(&p.summary.latency),
+        ),
+        (
+            "rate-50",
+            "latency-rate-50.svg",
+            "Latency at 50% of direct's maximum (open loop)",
+            |p| Some(&p.summary.latency),
+        ),
+        (
+            "stream-1",
+            "ttft-stream-1.svg",
+            "Time to first token, 1 stream",
+            |p| p.summary.ttft.as_ref(),
+        ),
+        (
+            "stream-1024",
+            "ttft-stream-1024.svg",
+            "Time to first token, 1024 concurrent streams",
+            |p| p.summary.ttft.as_ref(),
+        ),
+        (
+            "body-64k",
+            "latency-body-64k.svg",
+            "Latency with a 64 KB request body",
+            |p| Some(&p.summary.latency),
+        ),
+    ];
+    for (id, file, title, which) in percentile_plots {
+        let series: Vec<(String, &Dist)> = names
+            .iter()
+            .filter_map(|n| {
+                median_phase(r, id, n)
+                    .and_then(|p| which(p))
+                    .map(|d| (n.to_string(), d))
+            })
+            .filter(|(_, d)| d.count > 0)
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        match plot::percentiles(&dir.join(file), title, &series) {
+            Ok(()) => drawn.push((file.to_owned(), format!("{title} (by percentile)"))),
+            Err(e) => notes.push(format!("{file}: {e}")),
+        }
+    }
+    let mut load_series = Vec::new();
+    for name in &names {
+        let mut points: Vec<(f64, f64, f64)> = r
+            .phases
+            .iter()
+            .filter(|p| &p.target == name && p.scenario.starts_with("rate-"))
+            .filter_map(|p| {
+                p.summary
+                    .offered_rps
+                    .map(|o| (o, p.summary.latency.p50, p.summary.latency.p99))
+            })
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if !points.is_empty() {
+            load_series.push(LoadSeries {
+                name: name.to_string(),
+                points,
+            });
+        }
+    }
+    if !load_series.is_empty() {
+        let file = "latency-vs-load.svg";
+        match plot::latency_vs_load(
+            &dir.join(file),
+            "Latency against offered load (open loop)",
+            &load_series,
+        ) {
+            Ok(()) => drawn.push((file.to_owned(), "Latency against offered load".to_owned())),
+            Err(e) => notes.push(format!("{file}: {e}")),
+        }
+    }
+    drawn
+}
+
+fn profiles(r: &Results, out: &mut String) {
+    if r.profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Where the time goes\n\n`perf record -e cpu-clock` on the proxy's process during an extra run \
+         of the scenario (not one of the measured phases); flat profile, share of the proxy's samples. \
+         The full reports are the `profile-*.txt` files next to this one. Without hardware \
+         counters (a VM) samples taken while interrupts were off land on the instruction that \
+         turns them back on, so `_raw_spin_unlock_irqrestore` stands for the wake-ups \
+         (waking the peer socket's reader) rather than for a lock.\n"
+    );
+    for p in &r.profiles {
+        let _ = writeln!(out, "### {} · {}\n", p.target, p.scenario);
+        let split: Vec<String> = p
+            .objects
+            .iter()
+            .take(6)
+            .map(|e| format!("{} {:.1}%", e.object, e.percent))
+            .collect();
+        let _ = writeln!(out, "By binary: {}.\n", split.join(", "));
+        let kinds: Vec<String> = p
+            .categories
+            .iter()
+            .filter(|(_, v)| *v >= 0.5)
+            .map(|(k, v)| format!("{k} {v:.1}%"))
+            .collect();
+        let _ = writeln!(out, "By kind of work: {}.\n", kinds.join(", "));
+        let _ = writeln!(out, "| share | in | function |\n|---:|---|---|");
+        for e in p.symbols.iter().take(25) {
+            let symbol = e.symbol.replace('|', "\\|");
+            let _ = writeln!(out, "| {:.1}% | {} | `{}` |", e.percent, e.object, symbol);
+        }
+        out.push('\n');
+    }
+}
+
+/// Writes `report.md` and the plots into `dir`.
+pub fn write(r: &Results, dir: &Path) -> Result<PathBuf, String> {
+    let mut notes = Vec::new();
+    let drawn = plots(r, dir, &mut notes);
+    let m = &r.machine;
+    let mut out = String::new();
+    let _ = writeln!(out, "# sluice benchmark: {}\n", m.date_utc);
+    let _ =
+        writeln!(
+        out,
+        "Commit {} · {} · {} CPUs · {:.1} GiB · kernel {} · {} · virtualisation: {} · {} · {}\n",
+        if m.commit.is_empty() { "unknown" } else { &m.commit },
+        m.cpu_model,
+        m.cpus,
+        m.memory_gib,
+        m.kernel,
+        m.os,
+        m.virtualization,
+        m.nginx,
+        m.rustc
+    );
+    let s = &r.settings;
+    let _ = writeln!(
+        out,
+        "Load generator and mock upstream on CPU {:?}, the proxy under test on CPU {:?} \
+         ({} sluice worker{}). Each phase: {:.1} s warm-up, {:.1} s measured; idle streams held {:.1} s. \
+         {} · run took {:.0} s. Command: `{}`\n",
+        s.client_cpus,
+        s.proxy_cpus,
+        s.sluice_workers,
+        if s.sluice_workers == 1 { "" } else { "s" },
+        s.warmup_s,
+        s.duration_s,
+        s.idle_hold_s,
+        if s.repeat > 1 {
+            format!("Every figure is the median of {} runs", s.repeat)
+        } else {
+            "One run".to_owned()
+        },
+        r.elapsed_s,
+        s.command
+    );
+    let _ = writeln!(out, "Targets:\n");
+    for t in &r.targets {
+        let _ = writeln!(out, "- `{}` — {}", t.name, t.label);
+    }
+    out.push('\n');
+    let _ = writeln!(out, "## Headline\n\n{}", headline(r));
+    let _ = writeln!(
+        out,
+        "(+x) is the difference to `direct`; the last column{} divide{} sluice's figure by nginx's. \
+         ⚠ marks a figure from a phase during which other processes took more than {:.0}% of a core.\n",
+        if r.targets.iter().filter(|t| t.name.starts_with("sluice")).count() > 1 { "s" } else { "" },
+        if r.targets.iter().filter(|t| t.name.starts_with("sluice")).count() > 1 { "" } else { "s" },
+        s.noise_limit_pct
+    );
+    goals(r, &mut out);
+    if !drawn.is_empty() {
+        let _ = writeln!(out, "## Plots\n");
+        for (file, caption) in &drawn {
+            let _ = writeln!(out, "- [{caption}]({file})");
+        }
+        out.push('\n');
+        for (file, caption) in &drawn {
+            let _ = writeln!(out, "![{caption}]({file})\n");
+        }
+    }
+    let _ = writeln!(out, "## Scenarios\n");
+    let _ = writeln!(
+        out,
+        "Latency runs from each request's start — its scheduled time in the open-loop phases, so a \
+         target that falls behind shows its queueing delay. CPU per request is the target's CPU time \
+         over the phase (warm-up included) divided by the requests it finished; proxy CPU and client \
+         CPU (load generator + mock) are shares of one core — a client near 100% means the client \
+         side set the pace. Noise is the CPU other processes took during the phase, in % of one core.\n"
+    );
+    for sc in &r.scenarios {
+        if !has(r, &sc.id) {
+            continue;
+        }
+        let _ = writeln!(out, "### {} (`{}`)\n", sc.title, sc.id);
+        let offered = r
+            .phases
+            .iter()
+            .find(|p| p.scenario == sc.id)
+            .and_then(|p| p.summary.offered_rps);
+        if let Some(offered) = offered {
+            let _ = writeln!(
+                out,
+                "Offered: {} requests/s to every target.\n",
+                count(offered)
+            );
+        }
+        scenario_table(r, &sc.id, &mut out);
+    }
+    profiles(r, &mut out);
+    let noisy: Vec<String> = r
+        .phases
+        .iter()
+        .filter(|p| p.noise.noisy)
+        .map(|p| {
+            format!(
+                "{} / {} (others {:.1}%, steal {:.1}%, {} attempt{})",
+                p.scenario,
+                p.target,
+                p.noise.others_pct,
+                p.noise.steal_pct,
+                p.attempts,
+                if p.attempts == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    let all_notes: Vec<&String> = r.notes.iter().chain(&notes).collect();
+    if !noisy.is_empty() || !all_notes.is_empty() {
+        let _ = writeln!(out, "## Notes\n");
+        if !noisy.is_empty() {
+            let _ = writeln!(
+                out,
+                "- Noisy phases (their figures carry ⚠; read them as upper bounds): {}.",
+                noisy.join("; ")
+            );
+        }
+        for n in all_notes {
+            let _ = writeln!(out, "- {n}");
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "Raw results: [results.json](results.json).");
+    let path = dir.join("report.md");
+    std::fs::write(&path, out).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+}
