@@ -22,6 +22,7 @@
 
 mod base_url;
 mod cluster;
+mod ebpf;
 mod error;
 mod failover;
 mod health;
@@ -44,9 +45,11 @@ use sha2::{Digest, Sha256};
 
 pub use base_url::BaseUrl;
 pub use cluster::{Cluster, RedisUrl};
+pub use ebpf::{Ebpf, RejectAction, XdpMode};
 pub use error::{ConfigError, ConfigErrors};
 pub use failover::{FallbackOn, KeySelection, Retry, StatusMatch, Target, UpstreamKey};
 pub use health::{ActiveCheck, Health};
+pub use ipnet::IpNet;
 pub use quota::{LimitSet, Price, Quota};
 pub use routing::{expand, ModelMatch, Sticky, Variant};
 
@@ -78,6 +81,8 @@ pub struct Config {
     pub quota: Quota,
     /// Shared quota state through Redis; `None` = a standalone node.
     pub cluster: Option<Cluster>,
+    /// Kernel early rejection (XDP).
+    pub ebpf: Ebpf,
     /// Non-fatal findings, each "path: message", for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -444,6 +449,8 @@ impl fmt::Display for Encoding {
 /// A downstream client identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
+    /// Source networks declared for this consumer (kernel early rejection).
+    pub networks: Vec<IpNet>,
     /// Unique name, written to the audit log.
     pub name: String,
     /// Keys it authenticates with; at least one, none shared with others.

@@ -48,6 +48,9 @@ pub(crate) struct RawConfig {
     pub quota: RawQuota,
     /// `[cluster]`: share quota state through Redis; absent = standalone.
     pub cluster: Option<RawCluster>,
+    /// `[ebpf]`: kernel early rejection.
+    #[serde(default)]
+    pub ebpf: crate::ebpf::RawEbpf,
     /// `[retry]`: how often and how fast a failed request is tried again.
     #[serde(default)]
     pub retry: RawRetry,
@@ -313,6 +316,10 @@ pub(crate) struct RawConsumer {
     /// Limits per model for this consumer, keyed by public model name.
     #[serde(default)]
     pub model_limits: BTreeMap<String, RawLimitSet>,
+    /// Source networks this consumer's traffic comes from (for kernel
+    /// early rejection), e.g. ["203.0.113.0/24"].
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 /// One entry of a consumer's `keys` array.

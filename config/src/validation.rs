@@ -105,6 +105,11 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         Some(cluster) => v.cluster(cluster).map(Some),
     };
     v.admin_token_unused(&raw.admin, admin.as_ref(), &consumers);
+    let mut ebpf_errors = Vec::new();
+    let ebpf = crate::ebpf::validate(&raw.ebpf, &mut ebpf_errors);
+    for (path, message) in ebpf_errors {
+        v.error(path, message);
+    }
 
     if !v.errors.is_empty() {
         return Err(ConfigErrors(v.errors));
@@ -130,6 +135,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             audit,
             quota,
             cluster,
+            ebpf,
             warnings: v.warnings,
         }),
         // Unreachable by the invariant above; kept as an error, not a panic.
@@ -1548,7 +1554,15 @@ impl Validator {
                 if let Some(limits) = &limits {
                     self.unpriced_budget(&at, consumer, limits, models);
                 }
+                let mut networks = Vec::new();
+                for (j, net) in consumer.networks.iter().enumerate() {
+                    match crate::ebpf::parse_net(net) {
+                        Ok(n) => networks.push(n),
+                        Err(e) => self.error(format!("{at}.networks[{j}]"), e),
+                    }
+                }
                 Some(Consumer {
+                    networks,
                     name: name?,
                     keys: keys?,
                     allowed_models: allowed_models?,

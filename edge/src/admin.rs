@@ -70,11 +70,19 @@ async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
             head.method.as_str(),
             path.as_str(),
         ) {
-            ("GET", "/metrics") => (
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&shared.config, &shared.metrics, shared.engine.mode()).into_bytes(),
-            ),
+            ("GET", "/metrics") => {
+                let mut text =
+                    metrics::render(&shared.config, &shared.metrics, shared.engine.mode());
+                let maps = shared.kernel_maps.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(counters) = maps.as_ref().and_then(crate::kernel::counters) {
+                    text.push_str(&metrics::render_kernel(&shared.config, &counters));
+                }
+                (
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                )
+            }
             ("GET", "/healthz") => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             ("GET", "/readyz") => {
                 let (ready, details) = shared.readiness();

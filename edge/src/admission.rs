@@ -11,6 +11,7 @@
 //! to the usage the accounting stage found — refund or extra charge — on
 //! every path: success, upstream error, timeout, client abort.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use sluice_config::Config;
 use crate::cluster::{Cluster, LeaseError};
 use crate::error::{Error, ErrorKind};
 use crate::filter::{Endpoint, Filter, Request, RequestCtx};
+use crate::kernel::Kernel;
 use crate::quota::{Actual, Admit, Ask, Engine, Headroom, Limit, Refusal, Reservation};
 use crate::tokens;
 
@@ -27,6 +29,8 @@ pub struct Admission {
     engine: Arc<Engine>,
     /// Cluster mode: this core's Redis side.
     pub cluster: Option<Cluster>,
+    /// Kernel early rejection: lasting refusals become kernel verdicts.
+    kernel: Option<Rc<Kernel>>,
 }
 
 /// Lease round trips one request may make before it is refused (others
@@ -34,12 +38,13 @@ pub struct Admission {
 const MAX_LEASE_TRIES: usize = 3;
 
 impl Admission {
-    pub fn new(config: Arc<Config>, engine: Arc<Engine>) -> Self {
+    pub fn new(config: Arc<Config>, engine: Arc<Engine>, kernel: Option<Rc<Kernel>>) -> Self {
         let cluster = Cluster::new(config.clone(), engine.clone());
         Admission {
             config,
             engine,
             cluster,
+            kernel,
         }
     }
 
@@ -194,6 +199,13 @@ impl Filter for Admission {
                     ));
                 }
                 ctx.refused_by = Some(refusal.limit.as_str());
+                if let Some(kernel) = &self.kernel {
+                    kernel.refused(
+                        crate::kernel::tenant_id(name),
+                        refusal.limit.is_quota(),
+                        Duration::from_nanos(refusal.retry_after_ns),
+                    );
+                }
                 Err(Error::new(kind, message))
             }
         }

@@ -7,6 +7,7 @@
 //! unknown key answers 401 before anything else happens.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 use sluice_config::Config;
@@ -14,21 +15,34 @@ use sluice_config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::filter::{Filter, Request, RequestCtx};
 use crate::http::RequestHead;
+use crate::kernel::{self, Kernel};
 
 pub struct Auth {
     /// sha256(key) → (consumer index, key index).
     keys: HashMap<[u8; 32], (usize, usize)>,
+    /// Kernel early rejection: learns which tenant a source address is.
+    kernel: Option<Rc<Kernel>>,
+    /// Per consumer: its tenant id in the kernel maps.
+    tenants: Vec<u32>,
 }
 
 impl Auth {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, kernel: Option<Rc<Kernel>>) -> Self {
         let mut keys = HashMap::new();
         for (c, consumer) in config.consumers.iter().enumerate() {
             for (k, key) in consumer.keys.iter().enumerate() {
                 keys.insert(key.sha256, (c, k));
             }
         }
-        Auth { keys }
+        Auth {
+            keys,
+            kernel,
+            tenants: config
+                .consumers
+                .iter()
+                .map(|c| kernel::tenant_id(&c.name))
+                .collect(),
+        }
     }
 }
 
@@ -67,6 +81,9 @@ impl Filter for Auth {
         };
         ctx.consumer = Some(consumer);
         ctx.key = Some(k);
+        if let Some(kernel) = &self.kernel {
+            kernel.learned(ctx.peer.ip(), self.tenants[consumer]);
+        }
         Ok(())
     }
 }

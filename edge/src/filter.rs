@@ -11,6 +11,7 @@
 //! from at the end.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +22,7 @@ use crate::admission::Admission;
 use crate::auth::Auth;
 use crate::error::{Error, ErrorKind};
 use crate::http::RequestHead;
+use crate::kernel::Kernel;
 use crate::quota::{Engine, Reservation};
 use crate::route::Route;
 
@@ -292,11 +294,11 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn new(config: &Arc<Config>, engine: Arc<Engine>) -> Self {
+    pub fn new(config: &Arc<Config>, engine: Arc<Engine>, kernel: Option<Rc<Kernel>>) -> Self {
         Chain {
-            auth: Auth::new(config),
+            auth: Auth::new(config, kernel.clone()),
             route: Route::new(config.clone()),
-            admission: Admission::new(config.clone(), engine),
+            admission: Admission::new(config.clone(), engine, kernel),
             accounting: Accounting::new(config.clone()),
         }
     }

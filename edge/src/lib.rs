@@ -19,6 +19,7 @@ pub mod error;
 pub mod filter;
 pub mod http;
 pub mod io;
+pub mod kernel;
 pub mod log;
 pub mod metrics;
 pub mod pool;

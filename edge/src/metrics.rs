@@ -332,3 +332,33 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram<u64>, sum_u
     let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
     let _ = writeln!(out, "{name}_count {}", h.len());
 }
+
+/// The XDP program's counters (summed over CPUs), in Prometheus text.
+pub fn render_kernel(config: &Config, c: &loader::Counters) -> String {
+    let mut out = String::with_capacity(1024);
+    let _ = writeln!(out, "# HELP sluice_xdp_syn_total Connection attempts to protected ports seen by the XDP program, by verdict.");
+    let _ = writeln!(out, "# TYPE sluice_xdp_syn_total counter");
+    for (verdict, n) in [
+        ("passed", c.passed),
+        ("denied", c.denied),
+        ("tenant_rejected", c.tenant_rejected),
+        ("syn_limited", c.syn_limited),
+        ("malformed", c.malformed),
+    ] {
+        let _ = writeln!(out, "sluice_xdp_syn_total{{verdict=\"{verdict}\"}} {n}");
+    }
+    let _ = writeln!(out, "# HELP sluice_xdp_tenant_rejected_total Connection attempts rejected in the kernel, by tenant.");
+    let _ = writeln!(out, "# TYPE sluice_xdp_tenant_rejected_total counter");
+    for (tenant, n) in &c.per_tenant {
+        let name = config
+            .consumers
+            .iter()
+            .find(|cons| crate::kernel::tenant_id(&cons.name) == *tenant)
+            .map_or_else(|| tenant.to_string(), |cons| escape(&cons.name));
+        let _ = writeln!(
+            out,
+            "sluice_xdp_tenant_rejected_total{{consumer=\"{name}\"}} {n}"
+        );
+    }
+    out
+}

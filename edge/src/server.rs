@@ -26,7 +26,7 @@ use crate::pool::{Capacity, KeyPool, RetryBudget};
 use crate::quota::store::Store;
 use crate::quota::Engine;
 use crate::worker::{self, Core};
-use crate::{admin, log, tls, tokens};
+use crate::{admin, kernel, log, tls, tokens};
 
 /// State shared by every core: read-only after start, or atomics.
 pub struct Shared {
@@ -46,6 +46,12 @@ pub struct Shared {
     pub retry_budget: RetryBudget,
     /// Per provider: requests in flight against `max_concurrency`.
     pub capacity: Vec<Capacity>,
+    /// Kernel early rejection is on (maps open, in step with config).
+    pub kernel_on: bool,
+    /// What /readyz says about it.
+    pub kernel_status: String,
+    /// The admin thread's handle on the maps, for counters in /metrics.
+    pub kernel_maps: Mutex<Option<loader::Maps>>,
     /// Durable quota state (standalone node), when `quota.state_path` is set.
     pub store: Option<Store>,
     /// The audit file, for admin changes (written from the admin thread).
@@ -111,6 +117,8 @@ impl Shared {
             "status": if ok { "ready" } else if draining { "draining" } else { "starting" },
             "workers_ready": ready,
             "workers": want,
+            "quota": self.engine.mode().as_str(),
+            "kernel": self.kernel_status,
         });
         (ok, body.to_string())
     }
@@ -271,6 +279,31 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32))
         ^ std::process::id().rotate_left(16);
+    let (kernel_on, kernel_status) = if config.ebpf.enabled {
+        match kernel::start(&config) {
+            Ok(status) => {
+                log::info(&format!("kernel early rejection on: {status}"));
+                (true, status)
+            }
+            Err(why) => {
+                let status = format!("userspace rejection only: {why}");
+                log::warn(&format!(
+                    "kernel early rejection off ({why}); over-quota tenants get a userspace 429"
+                ));
+                (false, status)
+            }
+        }
+    } else {
+        (
+            false,
+            "userspace rejection only: ebpf.enabled = false".to_string(),
+        )
+    };
+    let kernel_maps = if kernel_on {
+        loader::Maps::open(&config.ebpf.pin_dir).ok()
+    } else {
+        None
+    };
     let engine = Arc::new(Engine::new(config.clone()));
     let store = match &config.quota.state_path {
         Some(path) => {
@@ -294,6 +327,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         engine,
         store,
+        kernel_on,
+        kernel_status,
+        kernel_maps: Mutex::new(kernel_maps),
         pools: config.providers.iter().map(KeyPool::new).collect(),
         retry_budget: RetryBudget::new(config.retry.budget_ratio),
         capacity: config.providers.iter().map(Capacity::new).collect(),

@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::filter::{Attempt, Chain, RequestCtx};
 use crate::http::RequestHead;
 use crate::io::{DownStream, PeerWatch, Stream};
+use crate::kernel::Kernel;
 use crate::metrics::CoreMetrics;
 use crate::quota::Mode;
 use crate::server::Shared;
@@ -50,6 +51,17 @@ impl Core {
             upstreams
                 .push(Upstream::new(config.clone(), i, tls.clone()).map_err(|e| e.to_string())?);
         }
+        let kernel = if shared.kernel_on {
+            match Kernel::open(&config) {
+                Ok(k) => Some(Rc::new(k)),
+                Err(e) => {
+                    crate::log::warn(&format!("worker {id}: kernel maps not opened ({e}); userspace rejection only on this core"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let audit = AuditLog::open(&config.audit.path).map_err(|e| {
             format!(
                 "audit.path: cannot open {}: {e}",
@@ -58,7 +70,7 @@ impl Core {
         })?;
         Ok(Core {
             id,
-            chain: Chain::new(&config, shared.engine.clone()),
+            chain: Chain::new(&config, shared.engine.clone(), kernel),
             metrics: shared.metrics[id].clone(),
             config,
             shared,
