@@ -34,6 +34,8 @@ pub struct Record<'a> {
     pub model: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub upstream_model: Option<&'a str>,
+    /// The variant of a split model (canary / A-B).
+    pub variant: Option<&'a str>,
     /// Every upstream attempt when there was more than one (fallback, retry).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<&'a [crate::filter::Attempt]>,
@@ -77,6 +79,7 @@ impl<'a> Record<'a> {
             model: ctx.model_requested.as_deref(),
             provider: provider.map(|p| p.name.as_str()),
             upstream_model: (!ctx.upstream_model.is_empty()).then_some(ctx.upstream_model.as_str()),
+            variant: ctx.variant.as_deref(),
             attempts: (ctx.attempts.len() > 1).then_some(ctx.attempts.as_slice()),
             stream: ctx.stream,
             status: ctx.status,

@@ -169,6 +169,11 @@ pub struct RequestCtx {
     pub upstream_model: String,
     /// Every upstream attempt, in order (more than one after a fallback).
     pub attempts: Vec<Attempt>,
+    /// Where the request may go, in order: the primary target, then fallbacks.
+    pub targets: Vec<sluice_config::Target>,
+    /// The variant of a split model this request went to (name, index).
+    pub variant: Option<String>,
+    pub variant_index: Option<usize>,
     pub usage: Usage,
     /// Generated text seen so far, for estimating completion tokens.
     pub completion_text: String,
@@ -215,6 +220,9 @@ impl RequestCtx {
             upstream_body: Vec::new(),
             upstream_model: String::new(),
             attempts: Vec::new(),
+            targets: Vec::new(),
+            variant: None,
+            variant_index: None,
             usage: Usage::default(),
             completion_text: String::new(),
             status: 0,

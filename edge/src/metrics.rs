@@ -27,8 +27,42 @@ const BUCKETS: [f64; 16] = [
     60.0,
 ];
 
+/// One variant of a split model: what an operator compares a canary by.
+#[derive(Clone)]
+struct VariantStats {
+    requests: u64,
+    errors: u64,
+    prompt: u64,
+    completion: u64,
+    cost_micros: u64,
+    latency_us: Histogram<u64>,
+    ttft_us: Histogram<u64>,
+}
+
+fn histogram_us() -> Histogram<u64> {
+    // 1 µs .. 1 hour, 3 significant digits; bounds hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+impl VariantStats {
+    fn new() -> Self {
+        VariantStats {
+            requests: 0,
+            errors: 0,
+            prompt: 0,
+            completion: 0,
+            cost_micros: 0,
+            latency_us: histogram_us(),
+            ttft_us: histogram_us(),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Inner {
+    /// (model, variant) → its stats.
+    variants: HashMap<(u32, u32), VariantStats>,
     /// (model, consumer, status) → requests.
     requests: HashMap<(u32, u32, u16), u64>,
     /// (consumer, model) → [prompt, completion, cached tokens, cost micros].
@@ -52,6 +86,7 @@ impl Inner {
                 .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
         };
         Inner {
+            variants: HashMap::new(),
             requests: HashMap::new(),
             tokens: HashMap::new(),
             estimated: 0,
@@ -74,6 +109,16 @@ impl Inner {
             }
         }
         self.estimated += other.estimated;
+        for (k, v) in &other.variants {
+            let e = self.variants.entry(*k).or_insert_with(VariantStats::new);
+            e.requests += v.requests;
+            e.errors += v.errors;
+            e.prompt += v.prompt;
+            e.completion += v.completion;
+            e.cost_micros += v.cost_micros;
+            let _ = e.latency_us.add(&v.latency_us);
+            let _ = e.ttft_us.add(&v.ttft_us);
+        }
         for (k, v) in &other.upstream_errors {
             *self.upstream_errors.entry(*k).or_default() += v;
         }
@@ -159,6 +204,23 @@ impl CoreMetrics {
             t[3] += ctx.cost_micros;
             if ctx.usage.source == UsageSource::Estimated {
                 m.estimated += 1;
+            }
+        }
+        if let (Some(model), Some(variant)) = (ctx.model, ctx.variant_index) {
+            let v = m
+                .variants
+                .entry((model as u32, variant as u32))
+                .or_insert_with(VariantStats::new);
+            v.requests += 1;
+            if ctx.status >= 400 || ctx.error.is_some() {
+                v.errors += 1;
+            }
+            v.prompt += ctx.usage.prompt;
+            v.completion += ctx.usage.completion;
+            v.cost_micros += ctx.cost_micros;
+            let _ = v.latency_us.record(latency.max(1));
+            if let Some(ttft) = ctx.ttft {
+                let _ = v.ttft_us.record((ttft.as_micros() as u64).max(1));
             }
         }
         let _ = m.latency_us.record(latency.max(1));
@@ -277,6 +339,7 @@ pub fn render(config: &Config, cores: &[Arc<CoreMetrics>], mode: crate::quota::M
             escape(name)
         );
     }
+    variants(&mut out, config, &total.variants);
     histogram(
         &mut out,
         "sluice_request_duration_seconds",
@@ -361,4 +424,103 @@ pub fn render_kernel(config: &Config, c: &loader::Counters) -> String {
         );
     }
     out
+}
+
+/// Per-variant metrics of split models: requests and errors, tokens, cost,
+/// and latency / TTFT quantiles (Prometheus summaries).
+fn variants(out: &mut String, config: &Config, stats: &HashMap<(u32, u32), VariantStats>) {
+    if stats.is_empty() {
+        return;
+    }
+    let mut rows: Vec<_> = stats.iter().collect();
+    rows.sort_by_key(|(k, _)| **k);
+    let label = |(m, v): (u32, u32)| -> String {
+        let model = config.models.get(m as usize);
+        let variant = model
+            .and_then(|model| model.variants.get(v as usize))
+            .map_or("", |v| v.name.as_str());
+        format!(
+            "model=\"{}\",variant=\"{}\"",
+            escape(model.map_or("", |m| m.name.as_str())),
+            escape(variant)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "# HELP sluice_variant_requests_total Requests per variant of a split model, by outcome."
+    );
+    let _ = writeln!(out, "# TYPE sluice_variant_requests_total counter");
+    for (k, s) in &rows {
+        let l = label(**k);
+        let _ = writeln!(
+            out,
+            "sluice_variant_requests_total{{{l},outcome=\"success\"}} {}",
+            s.requests - s.errors
+        );
+        let _ = writeln!(
+            out,
+            "sluice_variant_requests_total{{{l},outcome=\"error\"}} {}",
+            s.errors
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_variant_tokens_total Tokens per variant of a split model."
+    );
+    let _ = writeln!(out, "# TYPE sluice_variant_tokens_total counter");
+    for (k, s) in &rows {
+        let l = label(**k);
+        let _ = writeln!(
+            out,
+            "sluice_variant_tokens_total{{{l},direction=\"input\"}} {}",
+            s.prompt
+        );
+        let _ = writeln!(
+            out,
+            "sluice_variant_tokens_total{{{l},direction=\"output\"}} {}",
+            s.completion
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_variant_cost_total Cost per variant of a split model, in {}.",
+        config.quota.currency
+    );
+    let _ = writeln!(out, "# TYPE sluice_variant_cost_total counter");
+    for (k, s) in &rows {
+        let _ = writeln!(
+            out,
+            "sluice_variant_cost_total{{{}}} {}",
+            label(**k),
+            s.cost_micros as f64 / 1e6
+        );
+    }
+    for (name, help, pick) in [
+        (
+            "sluice_variant_latency_seconds",
+            "Request latency per variant.",
+            0,
+        ),
+        (
+            "sluice_variant_ttft_seconds",
+            "Time to first byte per variant.",
+            1,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} summary");
+        for (k, s) in &rows {
+            let h = if pick == 0 { &s.latency_us } else { &s.ttft_us };
+            let l = label(**k);
+            for q in [0.5, 0.9, 0.99] {
+                let v = if h.is_empty() {
+                    0.0
+                } else {
+                    h.value_at_quantile(q) as f64 / 1e6
+                };
+                let _ = writeln!(out, "{name}{{{l},quantile=\"{q}\"}} {v}");
+            }
+            let _ = writeln!(out, "{name}_count{{{l}}} {}", h.len());
+        }
+    }
 }

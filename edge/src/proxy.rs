@@ -62,7 +62,7 @@ where
     //    until one gives an answer worth relaying. Each attempt picks a key
     //    from the provider's pool (never one this request already tried);
     //    retries are capped by `retry.max_attempts` and the retry budget.
-    let mut targets = core.targets(ctx);
+    let mut targets = ctx.targets.clone();
     let fallback_on = core.fallback_on(ctx);
     let max_attempts = core.config.retry.max_attempts.max(1) as usize;
     let mut tried: Vec<(usize, usize)> = Vec::new();

@@ -11,11 +11,12 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use sluice_config::{Config, Target};
+use sluice_config::{Config, Model, Sticky, Target, Variant};
 
 use crate::body;
 use crate::error::{Error, ErrorKind};
 use crate::filter::{Endpoint, Filter, Request, RequestCtx, Wire};
+use crate::http::RequestHead;
 use crate::translate;
 
 pub struct Route {
@@ -28,7 +29,50 @@ impl Route {
     }
 }
 
+/// FNV-1a, 64 bits: the same sticky key picks the same variant on every
+/// node and across restarts.
+fn sticky_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 impl Route {
+    /// The variant of a split model this request goes to.
+    fn variant<'m>(
+        &self,
+        model: &'m Model,
+        ctx: &RequestCtx,
+        head: &RequestHead,
+    ) -> Option<&'m Variant> {
+        if model.variants.is_empty() {
+            return None;
+        }
+        if let Some(forced) = model
+            .variant_header
+            .as_deref()
+            .and_then(|h| head.header(h))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|name| model.variant(name.trim()))
+        {
+            return Some(forced);
+        }
+        let key: Option<Vec<u8>> = match &model.sticky {
+            Sticky::Consumer => ctx
+                .consumer
+                .and_then(|c| self.config.consumers.get(c))
+                .map(|c| c.name.clone().into_bytes()),
+            Sticky::Header(name) => head.header(name).map(<[u8]>::to_vec),
+            Sticky::None => None,
+        };
+        // No sticky key: spread by request id.
+        let hash = sticky_hash(key.as_deref().unwrap_or(ctx.id.as_bytes()));
+        model.pick_variant(hash)
+    }
+
     /// Aim the request at `target`: its provider's wire format (translating
     /// the client's body if they differ), its model name, and usage asked
     /// for on OpenAI-shaped streams. Runs again for each fallback target.
@@ -95,7 +139,8 @@ impl Filter for Route {
         ctx.stream = fields.stream;
         ctx.client_wants_usage = fields.include_usage == Some(true);
         ctx.max_tokens = fields.max_tokens;
-        let Some((index, model)) = self.config.model(&fields.model) else {
+        // Exact names first, then patterns in file order (captures feed `$1`…).
+        let Some((index, model, captures)) = self.config.route(&fields.model) else {
             return Err(Error::new(
                 ErrorKind::ModelNotFound,
                 format!(
@@ -120,10 +165,28 @@ impl Filter for Route {
         ctx.model = Some(index);
         ctx.client_wire = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions).wire();
         ctx.client_body = std::mem::take(&mut req.body);
-        let primary = Target {
-            provider: model.provider,
-            upstream_model: model.upstream_model.clone(),
+        let expand = |t: &Target| Target {
+            provider: t.provider,
+            upstream_model: if t.upstream_model.contains(['$', '*']) {
+                sluice_config::expand(&t.upstream_model, &captures)
+            } else {
+                t.upstream_model.clone()
+            },
         };
+        // A canary / A-B split picks the variant: forced by header, else
+        // by the sticky key (the consumer, or a header), so one user keeps
+        // hitting one variant and provider-side prompt caches stay warm.
+        let (primary, fallbacks) = match self.variant(model, ctx, &req.head) {
+            Some(v) => {
+                ctx.variant = Some(v.name.clone());
+                ctx.variant_index = model.variants.iter().position(|x| x.name == v.name);
+                (expand(&v.target), &v.fallbacks)
+            }
+            None => (expand(&model.primary()), &model.fallbacks),
+        };
+        ctx.targets = std::iter::once(primary.clone())
+            .chain(fallbacks.iter().map(expand))
+            .collect();
         self.prepare(ctx, &primary)?;
         Ok(())
     }

@@ -120,18 +120,6 @@ impl Core {
         }
     }
 
-    /// The routed model's targets: its provider first, then its fallbacks.
-    pub fn targets(&self, ctx: &RequestCtx) -> Vec<Target> {
-        let mut out = vec![Target {
-            provider: ctx.provider.unwrap_or(0),
-            upstream_model: ctx.upstream_model.clone(),
-        }];
-        if let Some(model) = ctx.model.and_then(|m| self.config.models.get(m)) {
-            out.extend(model.fallbacks.iter().cloned());
-        }
-        out
-    }
-
     /// The routed model's cheaper target for when every target is unavailable.
     pub fn degrade_target(&self, ctx: &RequestCtx) -> Option<Target> {
         ctx.model
