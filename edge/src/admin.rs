@@ -73,6 +73,11 @@ async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
             ("GET", "/metrics") => {
                 let mut text =
                     metrics::render(&shared.config, &shared.metrics, shared.engine.mode());
+                text.push_str(&metrics::render_upstreams(
+                    &shared.config,
+                    &shared.pools,
+                    &shared.endpoints,
+                ));
                 let maps = shared.kernel_maps.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(counters) = maps.as_ref().and_then(crate::kernel::counters) {
                     text.push_str(&metrics::render_kernel(&shared.config, &counters));

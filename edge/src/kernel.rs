@@ -13,6 +13,7 @@
 //!   `ebpf.escalate_after_ms`, a verdict with an expiry goes into the map,
 //!   and the kernel turns the tenant's new connections away until then.
 //!   Nothing clears a verdict by hand: it expires.
+//!
 //! Each map write is a syscall (~1 µs), so each core remembers what it
 //! wrote. Without privileges or kernel support sluice runs with userspace
 //! rejection only and says so at start and in `/readyz`.

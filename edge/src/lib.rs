@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod conn;
 pub mod error;
 pub mod filter;
+pub mod health;
 pub mod http;
 pub mod io;
 pub mod kernel;

@@ -524,3 +524,88 @@ fn variants(out: &mut String, config: &Config, stats: &HashMap<(u32, u32), Varia
         }
     }
 }
+
+/// Key pools and endpoint circuits, from the node-wide atomics.
+pub fn render_upstreams(
+    config: &Config,
+    pools: &[crate::pool::KeyPool],
+    endpoints: &[crate::health::Endpoints],
+) -> String {
+    let now = crate::pool::now_ns();
+    let mut out = String::with_capacity(2048);
+    let _ = writeln!(out, "# HELP sluice_upstream_key_requests_total Attempts per provider API key (by key id, never the key).");
+    let _ = writeln!(out, "# TYPE sluice_upstream_key_requests_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_upstream_key_errors_total Failed attempts per provider API key."
+    );
+    let _ = writeln!(out, "# TYPE sluice_upstream_key_errors_total counter");
+    let _ = writeln!(out, "# HELP sluice_upstream_key_cooling Whether a key is resting after a 429/401/403 (1) or usable (0).");
+    let _ = writeln!(out, "# TYPE sluice_upstream_key_cooling gauge");
+    for (p, pool) in pools.iter().enumerate() {
+        let Some(provider) = config.providers.get(p) else {
+            continue;
+        };
+        for (k, state) in pool.keys.iter().enumerate() {
+            let id = provider.keys.get(k).map_or("", |k| k.id.as_str());
+            let l = format!(
+                "provider=\"{}\",key=\"{}\"",
+                escape(&provider.name),
+                escape(id)
+            );
+            let _ = writeln!(
+                out,
+                "sluice_upstream_key_requests_total{{{l}}} {}",
+                state.requests.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "sluice_upstream_key_errors_total{{{l}}} {}",
+                state.errors.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "sluice_upstream_key_cooling{{{l}}} {}",
+                u8::from(pool.is_cooling(k, now))
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP sluice_upstream_endpoint_circuit Circuit breaker per endpoint: 0 closed, 1 open, 2 half-open.");
+    let _ = writeln!(out, "# TYPE sluice_upstream_endpoint_circuit gauge");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_upstream_endpoint_ejections_total Times an endpoint's circuit opened."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE sluice_upstream_endpoint_ejections_total counter"
+    );
+    for (p, eps) in endpoints.iter().enumerate() {
+        let Some(provider) = config.providers.get(p) else {
+            continue;
+        };
+        for (e, health) in eps.endpoints.iter().enumerate() {
+            let url = provider
+                .endpoints
+                .get(e)
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            let l = format!(
+                "provider=\"{}\",endpoint=\"{}\"",
+                escape(&provider.name),
+                escape(&url)
+            );
+            let _ = writeln!(
+                out,
+                "sluice_upstream_endpoint_circuit{{{l}}} {}",
+                health.circuit(now) as u8
+            );
+            let _ = writeln!(
+                out,
+                "sluice_upstream_endpoint_ejections_total{{{l}}} {}",
+                health.ejections.load(Ordering::Relaxed)
+            );
+        }
+    }
+    out
+}

@@ -20,7 +20,7 @@ use crate::io::{BufConn, PeerWatch};
 use crate::pool;
 use crate::sse::{self, SseSplitter};
 use crate::translate;
-use crate::upstream::{BodyReader, Response, Upstream};
+use crate::upstream::{BodyReader, Call, Response, Upstream};
 use crate::worker::Core;
 
 /// Largest non-streamed upstream body sluice holds to account it.
@@ -90,13 +90,20 @@ where
         };
         // A provider at its concurrency limit is skipped; when every target
         // is, the model's cheaper `degrade_to` target serves instead.
-        let Some(_slot) = core.shared.capacity[provider].enter() else {
+        // Every endpoint's circuit open counts the same way.
+        let slot = core.shared.capacity[provider].enter();
+        let pick = slot
+            .as_ref()
+            .and_then(|_| core.shared.endpoints[provider].choose());
+        let (Some(_slot), Some(pick)) = (slot, pick) else {
+            let why = if core.shared.capacity[provider].enter().is_none() {
+                "is at its concurrency limit"
+            } else {
+                "has every endpoint's circuit open"
+            };
             let e = Error::new(
                 ErrorKind::Unavailable,
-                format!(
-                    "provider '{}' is at its concurrency limit",
-                    upstream.provider().name
-                ),
+                format!("provider '{}' {why}", upstream.provider().name),
             );
             core.record_attempt(ctx, provider, None, None, Some(&e), Instant::now());
             if more && next + 1 < targets.len() {
@@ -150,23 +157,24 @@ where
             .and_then(|k| upstream.provider().keys.get(k))
             .map(|k| k.key.as_str());
         let started = Instant::now();
-        let head = upstream.request_head(
+        let call = Call {
+            at: pick.index,
             endpoint,
-            &ctx.upstream_model,
-            key_value,
-            &req.head,
-            &ctx.id,
-            ctx.upstream_body.len(),
-        );
+            upstream_model: &ctx.upstream_model,
+            key: key_value,
+        };
+        let head = upstream.request_head(&call, &req.head, &ctx.id, ctx.upstream_body.len());
         // The client may leave while the provider thinks: stop waiting then.
         let sent = monoio::select! {
-            r = upstream.send(head, &ctx.upstream_body) => Some(r),
+            r = upstream.send(pick.index, head, &ctx.upstream_body) => Some(r),
             _ = watch.closed() => None,
         };
         let response = match sent {
             None => return client_gone(ctx, "client went away while waiting for the provider"),
             Some(Ok(r)) => r,
             Some(Err(e)) => {
+                pick.endpoint
+                    .failure(&core.shared.endpoints[provider].health);
                 core.metrics.upstream_error(provider, e.kind);
                 if let Some(k) = key_index {
                     pool.failed(k);
@@ -190,6 +198,12 @@ where
         };
         let status = response.head.status;
         ctx.upstream_status = Some(status);
+        if status >= 500 {
+            pick.endpoint
+                .failure(&core.shared.endpoints[provider].health);
+        } else {
+            pick.endpoint.success(started.elapsed().as_micros() as u64);
+        }
         if let Some(k) = key_index {
             if matches!(status, 401 | 403 | 429) {
                 let rest = retry_after(&response.head).unwrap_or(upstream.provider().key_cooldown);
@@ -284,7 +298,7 @@ async fn discard(upstream: &Upstream, mut response: Response) {
         .is_ok()
         && response.head.keep_alive
     {
-        upstream.release(response.conn);
+        upstream.release(response.endpoint, response.conn);
     }
 }
 
@@ -573,7 +587,7 @@ where
     out.extend_from_slice(&body);
     ctx.status = status;
     if response.head.keep_alive {
-        upstream.release(response.conn);
+        upstream.release(response.endpoint, response.conn);
     }
     core.settle(ctx);
     write_client(down, ctx, out).await.is_ok() && keep_alive
@@ -738,7 +752,7 @@ where
         core.metrics.upstream_error(upstream_index(ctx), e.kind);
     }
     if failure.is_none() && response.head.keep_alive && reader.is_done() {
-        upstream.release(response.conn);
+        upstream.release(response.endpoint, response.conn);
     }
     Relayed::Done(keep_alive)
 }

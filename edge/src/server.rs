@@ -21,6 +21,7 @@ use monoio::{FusionDriver, RuntimeBuilder};
 use monoio_rustls::TlsAcceptor;
 use sluice_config::Config;
 
+use crate::health::Endpoints;
 use crate::metrics::CoreMetrics;
 use crate::pool::{Capacity, KeyPool, RetryBudget};
 use crate::quota::store::Store;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub retry_budget: RetryBudget,
     /// Per provider: requests in flight against `max_concurrency`.
     pub capacity: Vec<Capacity>,
+    /// Per provider: its endpoints' health and circuits.
+    pub endpoints: Vec<Endpoints>,
     /// Kernel early rejection is on (maps open, in step with config).
     pub kernel_on: bool,
     /// What /readyz says about it.
@@ -211,6 +214,7 @@ fn worker_main(
             monoio::spawn(worker::audit_flusher(core.clone()));
             if id == 0 {
                 monoio::spawn(worker::cluster_upkeep(core.clone()));
+                monoio::spawn(worker::health_checks(core.clone()));
             }
             for task in accepting {
                 task.await;
@@ -256,7 +260,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let mut upstream_tls = Vec::new();
     for (i, p) in config.providers.iter().enumerate() {
-        upstream_tls.push(if p.base_url.tls {
+        upstream_tls.push(if p.endpoints.iter().any(|e| e.tls) {
             Some(
                 tls::client_config(p.ca_file.as_deref())
                     .with_context(|| format!("providers[{i}].ca_file"))?,
@@ -333,6 +337,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         pools: config.providers.iter().map(KeyPool::new).collect(),
         retry_budget: RetryBudget::new(config.retry.budget_ratio),
         capacity: config.providers.iter().map(Capacity::new).collect(),
+        endpoints: config.providers.iter().map(Endpoints::new).collect(),
         admin_audit: Mutex::new(Some(admin_audit)),
         upstream_tls,
         listener_tls,

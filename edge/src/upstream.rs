@@ -17,10 +17,10 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use monoio_rustls::TlsConnector;
 use rustls::pki_types::ServerName;
-use sluice_config::{Config, Provider, ProviderKind};
+use sluice_config::{BaseUrl, Config, Provider, ProviderKind};
 
 use crate::error::{Error, ErrorKind};
-use crate::filter::Endpoint;
+use crate::filter::Endpoint as ApiEndpoint;
 use crate::http::{self, BodyKind, ChunkedDecoder, HeadError, RequestHead, ResponseHead};
 use crate::io::{BufConn, Stream, UpStream};
 
@@ -48,14 +48,36 @@ fn forwardable(name: &str) -> bool {
 pub struct Response {
     pub head: ResponseHead,
     pub conn: BufConn<UpStream>,
+    /// Which of the provider's endpoints answered.
+    pub endpoint: usize,
+}
+
+/// What one upstream attempt asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// Which of the provider's endpoints.
+    pub at: usize,
+    /// The API endpoint the client called.
+    pub endpoint: ApiEndpoint,
+    /// The provider's name for the model.
+    pub upstream_model: &'a str,
+    /// The pool key for this attempt, if the provider has keys.
+    pub key: Option<&'a str>,
+}
+
+/// One base URL of a provider, with this core's connections to it.
+struct Endpoint {
+    base: BaseUrl,
+    tls_name: Option<ServerName<'static>>,
+    addrs: RefCell<Vec<SocketAddr>>,
+    idle: RefCell<Vec<BufConn<UpStream>>>,
 }
 
 pub struct Upstream {
     config: Arc<Config>,
     index: usize,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
-    addrs: RefCell<Vec<SocketAddr>>,
-    idle: RefCell<Vec<BufConn<UpStream>>>,
+    tls: Option<TlsConnector>,
+    endpoints: Vec<Endpoint>,
 }
 
 impl Upstream {
@@ -66,24 +88,33 @@ impl Upstream {
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, Error> {
         let provider = &config.providers[index];
-        let tls = match tls {
-            Some(cfg) => {
-                let name = ServerName::try_from(provider.base_url.host.clone()).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Internal,
-                        format!("providers[{index}].base_url: bad TLS server name: {e}"),
-                    )
-                })?;
-                Some((TlsConnector::from(cfg), name))
-            }
-            None => None,
-        };
+        let mut endpoints = Vec::with_capacity(provider.endpoints.len());
+        for (e, base) in provider.endpoints.iter().enumerate() {
+            let tls_name = match (&tls, base.tls) {
+                (Some(_), true) => {
+                    Some(ServerName::try_from(base.host.clone()).map_err(|err| {
+                        Error::new(
+                            ErrorKind::Internal,
+                            format!(
+                                "providers[{index}].base_urls[{e}]: bad TLS server name: {err}"
+                            ),
+                        )
+                    })?)
+                }
+                _ => None,
+            };
+            endpoints.push(Endpoint {
+                base: base.clone(),
+                tls_name,
+                addrs: RefCell::new(Vec::new()),
+                idle: RefCell::new(Vec::new()),
+            });
+        }
         Ok(Upstream {
             config,
             index,
-            tls,
-            addrs: RefCell::new(Vec::new()),
-            idle: RefCell::new(Vec::new()),
+            tls: tls.map(TlsConnector::from),
+            endpoints,
         })
     }
 
@@ -94,23 +125,28 @@ impl Upstream {
     /// The request head sent upstream for a client's request.
     pub fn request_head(
         &self,
-        endpoint: Endpoint,
-        upstream_model: &str,
-        key: Option<&str>,
+        call: &Call<'_>,
         client: &RequestHead,
         id: &str,
         body_len: usize,
     ) -> Vec<u8> {
+        let Call {
+            at,
+            endpoint,
+            upstream_model,
+            key,
+        } = *call;
         let p = self.provider();
         let mut out = Vec::with_capacity(512);
-        let method = if endpoint == Endpoint::Models {
+        let method = if endpoint == ApiEndpoint::Models {
             "GET"
         } else {
             "POST"
         };
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
-        let base = p.base_url.path.as_str();
+        let url = &self.endpoints[at.min(self.endpoints.len() - 1)].base;
+        let base = url.path.as_str();
         match p.kind {
             // The Messages API lives at /v1/messages whether or not the
             // base URL names /v1.
@@ -135,7 +171,7 @@ impl Upstream {
             }
         }
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(p.base_url.authority().as_bytes());
+        out.extend_from_slice(url.authority().as_bytes());
         out.extend_from_slice(b"\r\n");
         if let Some(key) = key {
             let header: &[u8] = match p.kind {
@@ -162,7 +198,7 @@ impl Upstream {
         }
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(id.as_bytes());
-        if endpoint != Endpoint::Models {
+        if endpoint != ApiEndpoint::Models {
             out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
             out.extend_from_slice(body_len.to_string().as_bytes());
         }
@@ -171,16 +207,17 @@ impl Upstream {
     }
 
     /// Send `head` + `body` and wait for the response head.
-    pub async fn send(&self, head: Vec<u8>, body: &[u8]) -> Result<Response, Error> {
+    pub async fn send(&self, at: usize, head: Vec<u8>, body: &[u8]) -> Result<Response, Error> {
+        let at = at.min(self.endpoints.len() - 1);
         let mut message = head;
         message.extend_from_slice(body);
         let first_byte = self.provider().first_byte_timeout;
         loop {
-            let pooled = self.idle.borrow_mut().pop();
+            let pooled = self.endpoints[at].idle.borrow_mut().pop();
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(conn) => conn,
-                None => self.connect().await?,
+                None => self.connect(at).await?,
             };
             let (res, back) = conn.send(message).await;
             message = back;
@@ -205,7 +242,13 @@ impl Upstream {
                         ),
                     ))
                 }
-                Ok(Ok(Some(head))) => return Ok(Response { head, conn }),
+                Ok(Ok(Some(head))) => {
+                    return Ok(Response {
+                        head,
+                        conn,
+                        endpoint: at,
+                    })
+                }
                 // Closed before answering: a stale pooled connection.
                 Ok(Ok(None)) if reused => continue,
                 Ok(Ok(None)) => {
@@ -222,15 +265,51 @@ impl Upstream {
         }
     }
 
+    /// Active health check of endpoint `at`: `GET {base path}{path}` with
+    /// the provider's first key; any 2xx answer within the first-byte
+    /// timeout is healthy.
+    pub async fn check(&self, at: usize, path: &str) -> bool {
+        let Some(endpoint) = self.endpoints.get(at) else {
+            return false;
+        };
+        let p = self.provider();
+        let mut head = format!(
+            "GET {}{} HTTP/1.1\r\nhost: {}\r\n",
+            endpoint.base.path,
+            path,
+            endpoint.base.authority()
+        );
+        if let Some(key) = p.keys.first() {
+            match p.kind {
+                ProviderKind::Anthropic => head.push_str(&format!(
+                    "x-api-key: {}\r\nanthropic-version: {}\r\n",
+                    key.key, p.api_version
+                )),
+                ProviderKind::AzureOpenAi => head.push_str(&format!("api-key: {}\r\n", key.key)),
+                _ => head.push_str(&format!("authorization: Bearer {}\r\n", key.key)),
+            }
+        }
+        head.push_str("connection: close\r\n\r\n");
+        match self.send(at, head.into_bytes(), &[]).await {
+            Ok(response) => (200..300).contains(&response.head.status),
+            Err(_) => false,
+        }
+    }
+
     /// Give a connection whose response was read to the end back to the pool.
-    pub fn release(&self, conn: BufConn<UpStream>) {
-        let mut idle = self.idle.borrow_mut();
+    pub fn release(&self, at: usize, conn: BufConn<UpStream>) {
+        let Some(endpoint) = self.endpoints.get(at) else {
+            return;
+        };
+        let mut idle = endpoint.idle.borrow_mut();
         if idle.len() < self.provider().max_idle_connections && conn.buffered().is_empty() {
             idle.push(conn);
         }
     }
 
-    async fn connect(&self) -> Result<BufConn<UpStream>, Error> {
+    async fn connect(&self, at: usize) -> Result<BufConn<UpStream>, Error> {
+        let endpoint = &self.endpoints[at];
+        let url = &endpoint.base;
         let p = self.provider();
         let timeout = p.connect_timeout;
         let fail = |what: String| {
@@ -239,29 +318,28 @@ impl Upstream {
                 format!(
                     "connecting to provider '{}' ({}): {what}",
                     p.name,
-                    p.base_url.authority()
+                    url.authority()
                 ),
             )
             .retry_safe()
         };
-        if self.addrs.borrow().is_empty() {
+        if endpoint.addrs.borrow().is_empty() {
             // Resolved once per core and again after a failure; the std
             // resolver blocks, which only matters for names, not literals.
-            let found: Vec<SocketAddr> = (p.base_url.host.as_str(), p.base_url.port)
+            let found: Vec<SocketAddr> = (url.host.as_str(), url.port)
                 .to_socket_addrs()
                 .map_err(|e| fail(format!("resolving failed: {e}")))?
                 .collect();
-            *self.addrs.borrow_mut() = found;
+            *endpoint.addrs.borrow_mut() = found;
         }
-        let addrs = self.addrs.borrow().clone();
+        let addrs = endpoint.addrs.borrow().clone();
         let mut last = String::from("no address");
         for addr in addrs {
             match connect_one(addr, timeout).await {
                 Ok(tcp) => {
                     let _ = tcp.set_nodelay(true);
-                    let stream = match &self.tls {
-                        None => Stream::Plain(tcp),
-                        Some((connector, name)) => {
+                    let stream = match (&self.tls, &endpoint.tls_name) {
+                        (Some(connector), Some(name)) => {
                             match monoio::time::timeout(
                                 timeout,
                                 connector.connect(name.clone(), tcp),
@@ -280,13 +358,14 @@ impl Upstream {
                                 }
                             }
                         }
+                        _ => Stream::Plain(tcp),
                     };
                     return Ok(BufConn::new(stream));
                 }
                 Err(e) => last = e,
             }
         }
-        self.addrs.borrow_mut().clear();
+        endpoint.addrs.borrow_mut().clear();
         Err(fail(last))
     }
 }

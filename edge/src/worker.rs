@@ -296,6 +296,51 @@ pub async fn cluster_upkeep(core: Rc<Core>) {
     }
 }
 
+/// Core 0: active health checks for providers that configure one; the
+/// result feeds the same circuit breakers as real traffic.
+pub async fn health_checks(core: Rc<Core>) {
+    let checked: Vec<usize> = core
+        .config
+        .providers
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.health.check.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    if checked.is_empty() {
+        return;
+    }
+    let interval = checked
+        .iter()
+        .filter_map(|i| {
+            core.config.providers[*i]
+                .health
+                .check
+                .as_ref()
+                .map(|c| c.interval)
+        })
+        .min()
+        .unwrap_or(Duration::from_secs(5));
+    loop {
+        monoio::time::sleep(interval).await;
+        for &p in &checked {
+            let provider = &core.config.providers[p];
+            let Some(check) = &provider.health.check else {
+                continue;
+            };
+            let endpoints = &core.shared.endpoints[p];
+            for (at, health) in endpoints.endpoints.iter().enumerate() {
+                let started = Instant::now();
+                if core.upstreams[p].check(at, &check.path).await {
+                    health.success(started.elapsed().as_micros() as u64);
+                } else {
+                    health.failure(&endpoints.health);
+                }
+            }
+        }
+    }
+}
+
 /// Flush the audit buffer on the configured interval.
 pub async fn audit_flusher(core: Rc<Core>) {
     loop {

@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[allow(dead_code)] // helpers other test files use
 mod common;
 
 use std::net::TcpStream;

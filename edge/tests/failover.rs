@@ -508,6 +508,8 @@ fn the_retry_budget_caps_a_retry_storm() {
     let mut setup = Setup::new(&m);
     setup
         .extra(MODELS_MINI, r#"fallback_on = ["5xx"]"#)
+        // Keep the circuit breaker out of it: this test is about the budget.
+        .extra("providers.mock", "health = { failures_to_eject = 1000 }")
         .extra("", &retry_table(3, 0.1));
     let keys = [("k1", "key-one"), ("k2", "key-two"), ("k3", "key-three")];
     let gw = Gateway::start_with_key_pool(&setup, "mock", &keys);

@@ -1111,4 +1111,5 @@ impl Gateway {
     }
 }
 pub mod failover;
+pub mod netns;
 pub mod redis;
