@@ -630,6 +630,7 @@ fn every_example_loads() {
             "cluster.toml",
             "fallback.toml",
             "openai.toml",
+            "providers.toml",
             "quickstart.toml",
             "routing.toml"
         ]
