@@ -245,6 +245,7 @@ fn set_balance(shared: &Shared, c: usize, body: &[u8]) -> Answer {
             )
         }
     };
+    lift_verdict(shared, c);
     let mut answer = ok(json!({"name": name, "balance": after, "previous": before}));
     answer.change =
         Some(json!({"action": "balance", "consumer": name, "before": before, "after": after}));
@@ -308,10 +309,19 @@ async fn set_shared_balance(shared: &Shared, cluster: &Cluster, c: usize, body: 
             )
         }
     };
+    lift_verdict(shared, c);
     let mut answer = ok(json!({"name": name, "balance": after, "shared": true}));
     answer.change =
         Some(json!({"action": "balance", "consumer": name, "after": after, "shared": true}));
     answer
+}
+
+/// A balance change may let the tenant in again: lift its kernel verdict.
+fn lift_verdict(shared: &Shared, c: usize) {
+    let mut maps = shared.kernel_maps.lock().unwrap_or_else(|p| p.into_inner());
+    if let (Some(maps), Some(consumer)) = (maps.as_mut(), shared.config.consumers.get(c)) {
+        crate::kernel::lift(maps, &consumer.name);
+    }
 }
 
 #[derive(Deserialize)]

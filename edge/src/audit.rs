@@ -74,7 +74,7 @@ impl<'a> Record<'a> {
                 .zip(ctx.key)
                 .and_then(|(c, k)| c.keys.get(k))
                 .map(|k| k.id.as_str()),
-            client: ctx.peer.ip().to_string(),
+            client: ctx.peer.ip().to_canonical().to_string(),
             endpoint: ctx.endpoint.map(|e| e.as_str()),
             model: ctx.model_requested.as_deref(),
             provider: provider.map(|p| p.name.as_str()),

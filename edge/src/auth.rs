@@ -82,7 +82,9 @@ impl Filter for Auth {
         ctx.consumer = Some(consumer);
         ctx.key = Some(k);
         if let Some(kernel) = &self.kernel {
-            kernel.learned(ctx.peer.ip(), self.tenants[consumer]);
+            // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; the
+            // kernel judges them by their IPv4 source.
+            kernel.learned(ctx.peer.ip().to_canonical(), self.tenants[consumer]);
         }
         Ok(())
     }

@@ -14,15 +14,15 @@
 //!   and the kernel turns the tenant's new connections away until then.
 //!   Nothing clears a verdict by hand: it expires.
 //!
-//! Each map write is a syscall (~1 µs), so each core remembers what it
-//! wrote. Without privileges or kernel support sluice runs with userspace
+//! Each map write is a syscall (~1 µs), so each core remembers the
+//! addresses it recorded. Without privileges or kernel support sluice runs with userspace
 //! rejection only and says so at start and in `/readyz`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_config::{Config, RejectAction, XdpMode};
 
@@ -103,11 +103,13 @@ pub fn start(config: &Config) -> Result<String, String> {
     Ok(status)
 }
 
+/// Source addresses a core remembers having recorded.
+const LEARNED_CACHE: usize = 65_536;
+
 /// One core's handle on the maps, and what it already wrote.
 pub struct Kernel {
     maps: RefCell<loader::Maps>,
     learned: RefCell<HashMap<IpAddr, u32>>,
-    verdicts: RefCell<HashMap<u32, Instant>>,
     action: loader::Action,
     escalate_after: Duration,
     quota_verdict: Duration,
@@ -120,7 +122,6 @@ impl Kernel {
         Ok(Kernel {
             maps: RefCell::new(maps),
             learned: RefCell::new(HashMap::new()),
-            verdicts: RefCell::new(HashMap::new()),
             action: action(config.ebpf.action),
             escalate_after: config.ebpf.escalate_after,
             quota_verdict: config.ebpf.quota_verdict,
@@ -133,7 +134,12 @@ impl Kernel {
             return;
         }
         if self.maps.borrow_mut().record_learned(addr, tenant).is_ok() {
-            self.learned.borrow_mut().insert(addr, tenant);
+            let mut learned = self.learned.borrow_mut();
+            // Bounded: forgetting only costs a repeated (idempotent) write.
+            if learned.len() >= LEARNED_CACHE {
+                learned.clear();
+            }
+            learned.insert(addr, tenant);
         }
     }
 
@@ -154,25 +160,31 @@ impl Kernel {
         } else {
             return;
         };
-        let now = Instant::now();
-        if self
-            .verdicts
-            .borrow()
-            .get(&tenant)
-            .is_some_and(|until| *until > now)
-        {
-            return;
-        }
+        // Refusals reach here only over connections opened before the
+        // verdict (new ones stop in the kernel), so writing every time is
+        // cheap, and an admin top-up that lifted the verdict is honoured.
         let until = loader::monotonic_now() + length;
-        if self
+        let _ = self
             .maps
             .borrow_mut()
-            .write_verdict(tenant, self.action, until)
-            .is_ok()
-        {
-            self.verdicts.borrow_mut().insert(tenant, now + length);
-        }
+            .write_verdict(tenant, self.action, until);
     }
+}
+
+/// Listeners on port 0 get their port only when bound: protect those too.
+pub fn protect_ports(config: &Config, bound: &[std::net::SocketAddr]) -> Result<(), String> {
+    let mut want = desired(config);
+    want.protected_ports.extend(bound.iter().map(|a| a.port()));
+    let mut maps =
+        loader::Maps::open(Path::new(&config.ebpf.pin_dir)).map_err(|e| e.to_string())?;
+    let current = maps.current().map_err(|e| e.to_string())?;
+    let plan = loader::plan(&want, &current).map_err(|e| format!("{e:?}"))?;
+    maps.apply(&plan).map_err(|e| e.to_string())
+}
+
+/// A topped-up tenant need not wait for its verdict to lapse.
+pub fn lift(maps: &mut loader::Maps, consumer: &str) {
+    let _ = maps.clear_verdict(tenant_id(consumer));
 }
 
 /// Kernel counters for /metrics, read from a handle of the admin thread's.

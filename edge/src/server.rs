@@ -199,9 +199,11 @@ fn worker_main(
                 .iter()
                 .map(|(_, l)| l.local_addr())
                 .collect::<Result<Vec<_>, _>>();
+            // Ready before the addresses are announced: whoever reads
+            // `listening on` may ask /readyz at once.
+            shared.workers_ready.fetch_add(1, Ordering::Relaxed);
             let _ = bound.send(actual.map_err(|e| e.to_string()));
             drop(bound);
-            shared.workers_ready.fetch_add(1, Ordering::Relaxed);
             let mut accepting = Vec::new();
             for (i, listener) in listeners {
                 let acceptor = shared.listener_tls[i].clone().map(TlsAcceptor::from);
@@ -402,6 +404,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 shared.start_shutdown();
                 return Err(anyhow!("worker {id} exited during start-up"));
             }
+        }
+    }
+    if shared.kernel_on {
+        if let Err(e) = kernel::protect_ports(&config, &addrs) {
+            log::warn(&format!(
+                "kernel early rejection: protected ports not updated: {e}"
+            ));
         }
     }
     for (addr, l) in addrs.iter().zip(&config.listeners) {

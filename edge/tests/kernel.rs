@@ -14,7 +14,9 @@
 //! letting requests through, and an address shared by two consumers never
 //! rejected. Shutdown leaves the pins (and the program attached) for the
 //! next start; the test removes them with the loader library and checks
-//! nothing is left on the interface.
+//! nothing is left on the interface. A second test does the refusal in
+//! native mode; a third pins a bug: IPv4 clients of a dual-stack listener
+//! are learned as IPv4-mapped IPv6 addresses the program never looks up.
 //!
 //! Needs root and iproute2: skipped with a SKIPPED line elsewhere, a
 //! failure under `CI=true`.
@@ -25,7 +27,7 @@
 mod common;
 
 use std::io;
-use std::net::{IpAddr, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::netns::{self, Netns};
@@ -40,8 +42,26 @@ const BALANCE: u64 = 60;
 
 /// Alice with a small balance, bob unlimited, one worker, the admin API on,
 /// a second listener on the veth's host address, and `[ebpf]` attaching to
-/// the veth in skb mode with `action`.
-fn setup(mock: &sluice_bench::mock::MockHandle, net: &Netns, port: u16, action: &str) -> Setup {
+/// the veth in `mode` with `action`.
+fn setup(
+    mock: &sluice_bench::mock::MockHandle,
+    net: &Netns,
+    port: u16,
+    mode: &str,
+    action: &str,
+) -> Setup {
+    let listen = SocketAddr::new(IpAddr::V4(net.host_ip), port);
+    setup_on(mock, net, listen, mode, action)
+}
+
+/// As [`setup`], the second listener on `listen`.
+fn setup_on(
+    mock: &sluice_bench::mock::MockHandle,
+    net: &Netns,
+    listen: SocketAddr,
+    mode: &str,
+    action: &str,
+) -> Setup {
     let mut setup = Setup::new(mock);
     setup.workers = 1;
     setup.drain_timeout_ms = 2000;
@@ -55,11 +75,10 @@ fn setup(mock: &sluice_bench::mock::MockHandle, net: &Netns, port: u16, action: 
             "",
             &format!(
                 "\n[ebpf]\nenabled = true\nattach = true\ninterfaces = [\"{}\"]\n\
-                 mode = \"skb\"\npin_dir = \"{}\"\naction = \"{action}\"\n\
-                 quota_verdict_ms = {VERDICT_MS}\n\n[[listeners]]\naddress = \"{}:{port}\"\n",
+                 mode = \"{mode}\"\npin_dir = \"{}\"\naction = \"{action}\"\n\
+                 quota_verdict_ms = {VERDICT_MS}\n\n[[listeners]]\naddress = \"{listen}\"\n",
                 net.host_if,
                 net.pin_dir.display(),
-                net.host_ip
             ),
         );
     setup
@@ -103,10 +122,14 @@ fn xdp_rejected(gw: &Gateway) -> (f64, f64) {
     )
 }
 
+/// `/readyz` once it says ready. Polled: a worker counts itself ready
+/// only after reporting its bound addresses, so the first answers after
+/// the `admin on` line may still say "starting".
 fn readyz(gw: &Gateway) -> Value {
-    let r = gw.admin_request("GET", "/readyz", None, None);
-    assert_eq!(r.status, 200, "/readyz: {}", r.text());
-    r.json()
+    wait_for("/readyz to answer 200", Duration::from_secs(5), || {
+        let r = gw.admin_request("GET", "/readyz", None, None);
+        (r.status == 200).then(|| r.json())
+    })
 }
 
 /// A keep-alive connection from the namespace that must be let through.
@@ -190,7 +213,7 @@ fn over_quota_tenant_is_turned_away_in_the_kernel() {
 
     // ---- run 1: action "rst"
     let port = net.free_port();
-    let gw = Gateway::start(&setup(&mock, &net, port, "rst"));
+    let gw = Gateway::start(&setup(&mock, &net, port, "skb", "rst"));
     let ready = readyz(&gw);
     let want = format!("XDP attached to {} (skb)", net.host_if);
     assert_eq!(ready["kernel"], want.as_str(), "{ready}\n{}", gw.stderr());
@@ -277,7 +300,7 @@ fn over_quota_tenant_is_turned_away_in_the_kernel() {
 
     // ---- run 2: action "drop", on the pins run 1 left
     let port = net.free_port();
-    let gw = Gateway::start(&setup(&mock, &net, port, "drop"));
+    let gw = Gateway::start(&setup(&mock, &net, port, "skb", "drop"));
     let ready = readyz(&gw);
     assert_eq!(ready["kernel"], want.as_str(), "{ready}\n{}", gw.stderr());
 
@@ -349,4 +372,98 @@ fn over_quota_tenant_is_turned_away_in_the_kernel() {
         net.host_if
     );
     drop(net);
+}
+
+/// Native mode (the driver's XDP hook, what production NICs use) refuses
+/// the same way, provided the namespace end runs an XDP program too: on a
+/// veth, XDP_TX frames reach the peer only then (see
+/// `Netns::pass_on_peer`).
+#[test]
+fn native_mode_refuses_with_rst() {
+    if !netns::privileged("native_mode_refuses_with_rst") {
+        return;
+    }
+    let mock = mock();
+    let mut net = Netns::create("natv");
+    net.pass_on_peer();
+    let port = net.free_port();
+    let gw = Gateway::start(&setup(&mock, &net, port, "native", "rst"));
+    let ready = readyz(&gw);
+    let want = format!("XDP attached to {} (native)", net.host_if);
+    assert_eq!(ready["kernel"], want.as_str(), "{ready}\n{}", gw.stderr());
+
+    let (mut keep_alive, _) = spend_alice(&net, port);
+    let before = accepted(&gw);
+    let (result, took) = net.connect(port, Duration::from_secs(2));
+    let err = result.expect_err("a new connection from an over-quota tenant");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused,
+        "{err} after {took:?}"
+    );
+    assert!(took < Duration::from_millis(100), "refused after {took:?}");
+    let (total, of_alice) = xdp_rejected(&gw);
+    assert!(total >= 1.0 && of_alice >= 1.0, "{total} {of_alice}");
+    assert_eq!(
+        accepted(&gw),
+        before,
+        "sluice accepted a refused connection"
+    );
+    assert_insufficient_quota(&ask(&mut keep_alive, ALICE, MINI));
+
+    drop(keep_alive);
+    stop(gw);
+    assert!(net.xdp_on_host_if(), "XDP detached at shutdown");
+    let detached = loader::detach(&net.pin_dir, None).expect("detach");
+    assert!(detached.cleaned_up, "{detached:?}");
+    assert!(!net.pin_dir.exists(), "pin dir left behind");
+    assert!(
+        !net.xdp_on_host_if(),
+        "XDP still attached to {}",
+        net.host_if
+    );
+}
+
+/// Regression test for a bug: on a dual-stack listener (`[::]:port`, the
+/// usual way to listen on every address) the kernel hands sluice IPv4
+/// clients as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`), and sluice
+/// learns them in that form, while the XDP program looks IPv4 SYNs up by
+/// their IPv4 source: the tenant's address is never found and its new
+/// connections are never rejected in the kernel.
+#[test]
+fn a_dual_stack_listener_learns_ipv4_clients_as_ipv4() {
+    if !netns::privileged("a_dual_stack_listener_learns_ipv4_clients_as_ipv4") {
+        return;
+    }
+    let mock = mock();
+    let net = Netns::create("dual");
+    let port = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port on [::]")
+        .port();
+    let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    let gw = Gateway::start(&setup_on(&mock, &net, listen, "skb", "rst"));
+    readyz(&gw);
+
+    let (keep_alive, _) = spend_alice(&net, port);
+    verdict(&net);
+    let maps = loader::Maps::open(&net.pin_dir).expect("open the pinned maps");
+    let mapped = IpAddr::V6(net.client_ip.to_ipv6_mapped());
+    let as_v4 = maps.learned(IpAddr::V4(net.client_ip)).expect("read");
+    let as_mapped = maps.learned(mapped).expect("read");
+    assert!(
+        as_v4.is_some_and(|l| l.tenant_id == alice()),
+        "{} not learned as IPv4 (learned as {mapped}: {as_mapped:?})",
+        net.client_ip
+    );
+    let (result, took) = net.connect(port, Duration::from_secs(2));
+    let err = result.expect_err("a new connection from an over-quota tenant");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused,
+        "{err} after {took:?}"
+    );
+
+    drop(keep_alive);
+    stop(gw);
 }

@@ -1113,3 +1113,4 @@ impl Gateway {
 pub mod failover;
 pub mod netns;
 pub mod redis;
+pub mod routing;

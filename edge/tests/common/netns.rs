@@ -81,6 +81,8 @@ pub struct Netns {
     pub client_ip: Ipv4Addr,
     /// A bpffs directory of this test's own (not created here).
     pub pin_dir: PathBuf,
+    /// Pins of the namespace end's pass-everything program, if any.
+    peer_pin_dir: Option<PathBuf>,
     made_ns: bool,
     made_link: bool,
 }
@@ -100,6 +102,7 @@ impl Netns {
             host_ip: Ipv4Addr::UNSPECIFIED,
             client_ip: Ipv4Addr::UNSPECIFIED,
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/sluice-edge-{tag}-{id}")),
+            peer_pin_dir: None,
             made_ns: false,
             made_link: false,
         };
@@ -210,6 +213,29 @@ impl Netns {
         l.local_addr().expect("local address").port()
     }
 
+    /// Attaches sluice's program, with no protected port (so it passes
+    /// everything), to the namespace end in native mode. XDP_TX on a veth
+    /// hands the frame to the peer, which takes it only when it runs an XDP
+    /// program of its own: without this, native-mode RSTs are lost and a
+    /// refused client times out instead. (A physical NIC needs nothing of
+    /// the kind, nor does skb mode.)
+    pub fn pass_on_peer(&mut self) {
+        let dir = PathBuf::from(format!("{}-peer", self.pin_dir.display()));
+        self.peer_pin_dir = Some(dir.clone());
+        let iface = loader::Interface {
+            name: self.ns_if.clone(),
+            mode: loader::Mode::Native,
+        };
+        // Inside the namespace: the interface name resolves there.
+        let attached = self
+            .inside(|| loader::attach(&dir, &[iface]))
+            .unwrap_or_else(|e| panic!("attach the pass program to {}: {e}", self.ns_if));
+        assert!(
+            attached.iter().all(|a| a.mode == loader::Mode::Native),
+            "{attached:?}"
+        );
+    }
+
     /// Whether `ip link show` lists an XDP program on the host end.
     pub fn xdp_on_host_if(&self) -> bool {
         ip(&["link", "show", "dev", &self.host_if])
@@ -220,11 +246,17 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if self.pin_dir.exists() {
-            if let Err(e) = loader::detach(&self.pin_dir, None) {
-                eprintln!("cleanup: detach {}: {e}", self.pin_dir.display());
+        for dir in [Some(&self.pin_dir), self.peer_pin_dir.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if !dir.exists() {
+                continue;
             }
-            let _ = fs::remove_dir_all(&self.pin_dir);
+            if let Err(e) = loader::detach(dir, None) {
+                eprintln!("cleanup: detach {}: {e}", dir.display());
+            }
+            let _ = fs::remove_dir_all(dir);
         }
         // Deleting one end of a veth deletes both.
         if self.made_link {
