@@ -63,6 +63,8 @@ pub enum ErrorKind {
     InsufficientQuota,
     /// Shared state this request needs is unreachable (fail-closed).
     Unavailable,
+    /// Every target is at its concurrency limit or has every circuit open.
+    UpstreamUnavailable,
     /// The node is draining and takes no new requests.
     ShuttingDown,
     /// A fault of sluice's own.
@@ -101,6 +103,7 @@ impl ErrorKind {
             RateLimited => (429, "rate_limit_exceeded", "rate_limit_exceeded"),
             InsufficientQuota => (429, "insufficient_quota", "insufficient_quota"),
             Unavailable => (503, "server_error", "quota_state_unavailable"),
+            UpstreamUnavailable => (503, "upstream_error", "upstream_unavailable"),
             ShuttingDown => (503, "server_error", "shutting_down"),
             Internal => (500, "server_error", "internal_error"),
         };
@@ -134,6 +137,7 @@ impl ErrorKind {
             RateLimited => "rate_limited",
             InsufficientQuota => "insufficient_quota",
             Unavailable => "unavailable",
+            UpstreamUnavailable => "upstream_unavailable",
             ShuttingDown => "shutting_down",
             Internal => "internal",
         }
@@ -143,7 +147,8 @@ impl ErrorKind {
     pub const fn side(self) -> Side {
         use ErrorKind::*;
         match self {
-            UpstreamConnect | UpstreamTimeout | UpstreamProtocol | UpstreamStatus => Side::Upstream,
+            UpstreamConnect | UpstreamTimeout | UpstreamProtocol | UpstreamStatus
+            | UpstreamUnavailable => Side::Upstream,
             ShuttingDown | Internal | Unavailable => Side::Internal,
             _ => Side::Downstream,
         }

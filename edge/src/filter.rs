@@ -171,6 +171,8 @@ pub struct RequestCtx {
     pub attempts: Vec<Attempt>,
     /// Where the request may go, in order: the primary target, then fallbacks.
     pub targets: Vec<sluice_config::Target>,
+    /// The cheaper target for when every target is unavailable.
+    pub degrade: Option<sluice_config::Target>,
     /// The variant of a split model this request went to (name, index).
     pub variant: Option<String>,
     pub variant_index: Option<usize>,
@@ -221,6 +223,7 @@ impl RequestCtx {
             upstream_model: String::new(),
             attempts: Vec::new(),
             targets: Vec::new(),
+            degrade: None,
             variant: None,
             variant_index: None,
             usage: Usage::default(),

@@ -50,14 +50,25 @@ impl EndpointHealth {
     }
 
     /// May an attempt go here now? A half-open endpoint admits one probe.
-    fn admits(&self, now: u64) -> bool {
+    /// `Some(probe)` when it does.
+    fn admits(&self, now: u64) -> Option<bool> {
         match self.circuit(now) {
-            Circuit::Closed => true,
-            Circuit::Open => false,
+            Circuit::Closed => Some(false),
+            Circuit::Open => None,
             Circuit::HalfOpen => self
                 .probing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok(),
+                .is_ok()
+                .then_some(true),
+        }
+    }
+
+    /// Whether it would admit now (without taking the probe).
+    fn open_to_traffic(&self, now: u64) -> bool {
+        match self.circuit(now) {
+            Circuit::Closed => true,
+            Circuit::Open => false,
+            Circuit::HalfOpen => !self.probing.load(Ordering::Acquire),
         }
     }
 
@@ -84,9 +95,27 @@ impl EndpointHealth {
         self.ewma_us.store(new.to_bits(), Ordering::Relaxed);
     }
 
+    /// An active check failed: a closed endpoint counts it as a failure; an
+    /// open or half-open one stays out of traffic for another ejection.
+    pub fn check_failed(&self, health: &Health) {
+        let now = now_ns();
+        if self.circuit(now) == Circuit::Closed {
+            self.failure(health);
+            return;
+        }
+        let reopens = self.reopens.load(Ordering::Acquire).saturating_sub(1);
+        self.open_until.store(
+            now + health.ejection(reopens).as_nanos() as u64,
+            Ordering::Release,
+        );
+    }
+
     /// The attempt failed (connect error, timeout, 5xx).
     pub fn failure(&self, health: &Health) {
         let now = now_ns();
+        // No latency sample: a failing endpoint keeps its place until its
+        // circuit opens (the request itself retries on another endpoint),
+        // so ejection and recovery stay driven by the breaker alone.
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let probe_failed = self.probing.swap(false, Ordering::AcqRel);
         if probe_failed
@@ -114,11 +143,31 @@ pub struct Endpoints {
 pub struct Pick<'a> {
     pub index: usize,
     pub endpoint: &'a EndpointHealth,
+    /// This attempt is a half-open endpoint's one probe.
+    probe: bool,
+    reported: std::cell::Cell<bool>,
+}
+
+impl Pick<'_> {
+    pub fn success(&self, latency_us: u64) {
+        self.reported.set(true);
+        self.endpoint.success(latency_us);
+    }
+
+    pub fn failure(&self, health: &Health) {
+        self.reported.set(true);
+        self.endpoint.failure(health);
+    }
 }
 
 impl Drop for Pick<'_> {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.probe && !self.reported.get() {
+            // The probe ended without a verdict (the client left): let the
+            // next request probe instead of leaving the endpoint half-open.
+            self.endpoint.probing.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -135,13 +184,14 @@ impl Endpoints {
         }
     }
 
-    /// Power of two choices among the endpoints whose circuit admits.
-    /// `None`: every circuit is open.
-    pub fn choose(&self) -> Option<Pick<'_>> {
+    /// Power of two choices among the endpoints whose circuit admits,
+    /// preferring ones this request has not tried (`tried`). `None`: every
+    /// circuit is open.
+    pub fn choose(&self, tried: &[usize]) -> Option<Pick<'_>> {
         let n = self.endpoints.len();
         let now = now_ns();
-        let pick = if n == 1 {
-            self.endpoints[0].admits(now).then_some(0)
+        let order: Vec<usize> = if n == 1 {
+            vec![0]
         } else {
             // Two distinct starting points from a Weyl sequence: cheap and
             // spread well enough for choosing between a handful.
@@ -156,18 +206,32 @@ impl Endpoints {
             } else {
                 (b, a)
             };
-            // Fall back through the rest when both are open.
-            std::iter::once(first)
-                .chain(std::iter::once(second))
-                .chain((0..n).filter(|i| *i != a && *i != b))
-                .find(|i| self.endpoints[*i].admits(now))
-        }?;
-        let endpoint = &self.endpoints[pick];
-        endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(Pick {
-            index: pick,
-            endpoint,
+            let mut order = vec![first, second];
+            order.extend((0..n).filter(|i| *i != a && *i != b));
+            // Untried ones first, keeping the preference order.
+            order.sort_by_key(|i| tried.contains(i));
+            order
+        };
+        order.into_iter().find_map(|i| {
+            let endpoint = &self.endpoints[i];
+            let probe = endpoint.admits(now)?;
+            endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
+            Some(Pick {
+                index: i,
+                endpoint,
+                probe,
+                reported: std::cell::Cell::new(false),
+            })
         })
+    }
+
+    /// Whether an endpoint not in `tried` is open to traffic now.
+    pub fn has_untried(&self, tried: &[usize]) -> bool {
+        let now = now_ns();
+        self.endpoints
+            .iter()
+            .enumerate()
+            .any(|(i, e)| !tried.contains(&i) && e.open_to_traffic(now))
     }
 }
 
@@ -195,11 +259,11 @@ mod tests {
         assert_eq!(e.circuit(now_ns()), Circuit::Closed);
         e.failure(&h);
         assert_eq!(e.circuit(now_ns()), Circuit::Open);
-        assert!(!e.admits(now_ns()));
+        assert_eq!(e.admits(now_ns()), None);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(e.circuit(now_ns()), Circuit::HalfOpen);
-        assert!(e.admits(now_ns()), "one probe");
-        assert!(!e.admits(now_ns()), "only one probe");
+        assert_eq!(e.admits(now_ns()), Some(true), "one probe");
+        assert_eq!(e.admits(now_ns()), None, "only one probe");
         e.success(1000);
         assert_eq!(e.circuit(now_ns()), Circuit::Closed);
     }
@@ -212,7 +276,7 @@ mod tests {
             e.failure(&h);
         }
         std::thread::sleep(Duration::from_millis(60));
-        assert!(e.admits(now_ns()));
+        assert_eq!(e.admits(now_ns()), Some(true));
         e.failure(&h);
         assert_eq!(e.circuit(now_ns()), Circuit::Open);
         std::thread::sleep(Duration::from_millis(60));
@@ -236,17 +300,17 @@ mod tests {
         eps.endpoints[0].success(10_000);
         eps.endpoints[1].success(100);
         for _ in 0..20 {
-            assert_eq!(eps.choose().unwrap().index, 1);
+            assert_eq!(eps.choose(&[]).unwrap().index, 1);
         }
         for _ in 0..3 {
             eps.endpoints[1].failure(&eps.health);
         }
         for _ in 0..20 {
-            assert_eq!(eps.choose().unwrap().index, 0, "the open one is skipped");
+            assert_eq!(eps.choose(&[]).unwrap().index, 0, "the open one is skipped");
         }
         for _ in 0..3 {
             eps.endpoints[0].failure(&eps.health);
         }
-        assert!(eps.choose().is_none(), "every circuit open");
+        assert!(eps.choose(&[]).is_none(), "every circuit open");
     }
 }

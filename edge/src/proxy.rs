@@ -15,6 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::error::{error_body, Error, ErrorKind};
 use crate::filter::{Endpoint, Request, RequestCtx, Verdict, Wire};
+use crate::health::Endpoints;
 use crate::http::{self, BodyKind, ResponseHead};
 use crate::io::{BufConn, PeerWatch};
 use crate::pool;
@@ -65,61 +66,73 @@ where
     let mut targets = ctx.targets.clone();
     let fallback_on = core.fallback_on(ctx);
     let max_attempts = core.config.retry.max_attempts.max(1) as usize;
+    // What this request tried: (target, key) and (target, endpoint).
     let mut tried: Vec<(usize, usize)> = Vec::new();
+    let mut tried_endpoints: Vec<(usize, usize)> = Vec::new();
     let mut next = 0usize;
+    let mut aimed = 0usize;
+    let mut sent = 0usize;
     core.shared.retry_budget.on_request();
-    for attempt in 1..=max_attempts {
-        let target = &targets[next.min(targets.len() - 1)];
-        if attempt > 1 {
-            if let Err(e) = core.chain.route.prepare(ctx, target) {
+    // One pass per attempt, or per target skipped as unavailable (that
+    // sends nothing and costs no attempt).
+    for _ in 0..max_attempts + targets.len() + 1 {
+        let target = targets[next.min(targets.len() - 1)].clone();
+        if next != aimed {
+            if let Err(e) = core.chain.route.prepare(ctx, &target) {
                 return respond_error(core, down, ctx, &e, keep_alive).await;
             }
-            if ctx
+            aimed = next;
+        }
+        if sent > 0
+            && ctx
                 .attempts
                 .last()
                 .is_some_and(|a| core.provider_name(target.provider) == a.provider)
-            {
-                monoio::time::sleep(core.backoff(attempt)).await;
-            }
+        {
+            monoio::time::sleep(core.backoff(sent + 1)).await;
         }
-        let more = attempt < max_attempts;
+        let more = sent + 1 < max_attempts;
         let provider = target.provider;
         let Some(upstream) = core.upstreams.get(provider) else {
             let e = Error::new(ErrorKind::Internal, "request was not routed to a provider");
             return respond_error(core, down, ctx, &e, keep_alive).await;
         };
-        // A provider at its concurrency limit is skipped; when every target
-        // is, the model's cheaper `degrade_to` target serves instead.
-        // Every endpoint's circuit open counts the same way.
+        // A provider at its concurrency limit, or with every endpoint's
+        // circuit open, is skipped; when every target is, the model's
+        // cheaper `degrade_to` target serves instead.
+        let endpoints_tried: Vec<usize> = tried_endpoints
+            .iter()
+            .filter(|(t, _)| *t == next)
+            .map(|(_, e)| *e)
+            .collect();
         let slot = core.shared.capacity[provider].enter();
+        let full = slot.is_none();
         let pick = slot
             .as_ref()
-            .and_then(|_| core.shared.endpoints[provider].choose());
+            .and_then(|_| core.shared.endpoints[provider].choose(&endpoints_tried));
         let (Some(_slot), Some(pick)) = (slot, pick) else {
-            let why = if core.shared.capacity[provider].enter().is_none() {
+            let why = if full {
                 "is at its concurrency limit"
             } else {
                 "has every endpoint's circuit open"
             };
             let e = Error::new(
-                ErrorKind::Unavailable,
+                ErrorKind::UpstreamUnavailable,
                 format!("provider '{}' {why}", upstream.provider().name),
             );
             core.record_attempt(ctx, provider, None, None, Some(&e), Instant::now());
-            if more && next + 1 < targets.len() {
+            if next + 1 < targets.len() {
                 next += 1;
                 continue;
             }
-            if let Some(degraded) = core
-                .degrade_target(ctx)
-                .filter(|d| more && !targets.contains(d))
-            {
+            if let Some(degraded) = ctx.degrade.clone().filter(|d| !targets.contains(d)) {
                 targets.push(degraded);
                 next += 1;
                 continue;
             }
             return respond_error(core, down, ctx, &e, keep_alive).await;
         };
+        tried_endpoints.push((next, pick.index));
         let pool = &core.shared.pools[provider];
         let keys_tried: Vec<usize> = tried
             .iter()
@@ -164,12 +177,13 @@ where
             key: key_value,
         };
         let head = upstream.request_head(&call, &req.head, &ctx.id, ctx.upstream_body.len());
+        sent += 1;
         // The client may leave while the provider thinks: stop waiting then.
-        let sent = monoio::select! {
+        let answer = monoio::select! {
             r = upstream.send(pick.index, head, &ctx.upstream_body) => Some(r),
             _ = watch.closed() => None,
         };
-        let response = match sent {
+        let response = match answer {
             None => return client_gone(ctx, "client went away while waiting for the provider"),
             Some(Ok(r)) => r,
             Some(Err(e)) => {
@@ -186,7 +200,14 @@ where
                     _ => false,
                 };
                 if triggers && more {
-                    if let Some(to) = elsewhere(&targets, next, pool, provider, &tried) {
+                    if let Some(to) = elsewhere(
+                        &targets,
+                        next,
+                        pool,
+                        &core.shared.endpoints[provider],
+                        &tried,
+                        &tried_endpoints,
+                    ) {
                         if core.shared.retry_budget.try_retry() {
                             next = to;
                             continue;
@@ -213,7 +234,16 @@ where
             }
         }
         let retry_to = (fallback_on.status(status) && more)
-            .then(|| elsewhere(&targets, next, pool, provider, &tried))
+            .then(|| {
+                elsewhere(
+                    &targets,
+                    next,
+                    pool,
+                    &core.shared.endpoints[provider],
+                    &tried,
+                    &tried_endpoints,
+                )
+            })
             .flatten()
             .filter(|_| core.shared.retry_budget.try_retry());
         if let Some(to) = retry_to {
@@ -238,7 +268,16 @@ where
                         a.error = Some(e.kind.as_str());
                     }
                     let retry_to = more
-                        .then(|| elsewhere(&targets, next, pool, provider, &tried))
+                        .then(|| {
+                            elsewhere(
+                                &targets,
+                                next,
+                                pool,
+                                &core.shared.endpoints[provider],
+                                &tried,
+                                &tried_endpoints,
+                            )
+                        })
                         .flatten()
                         .filter(|_| core.shared.retry_budget.try_retry());
                     if let Some(to) = retry_to {
@@ -264,20 +303,24 @@ fn elsewhere(
     targets: &[sluice_config::Target],
     current: usize,
     pool: &pool::KeyPool,
-    provider: usize,
+    endpoints: &Endpoints,
     tried: &[(usize, usize)],
+    tried_endpoints: &[(usize, usize)],
 ) -> Option<usize> {
     if current + 1 < targets.len() {
         return Some(current + 1);
     }
-    let _ = provider;
-    let keys_tried: Vec<usize> = tried
-        .iter()
-        .filter(|(t, _)| *t == current)
-        .map(|(_, k)| *k)
-        .collect();
-    pool.has_untried(pool::now_ns(), &keys_tried)
-        .then_some(current)
+    let of_current = |list: &[(usize, usize)]| -> Vec<usize> {
+        list.iter()
+            .filter(|(t, _)| *t == current)
+            .map(|(_, x)| *x)
+            .collect()
+    };
+    // The same target again: with a key it has not tried, or (providers
+    // without keys, or with one) on an endpoint it has not tried.
+    let key_left = pool.has_untried(pool::now_ns(), &of_current(tried));
+    let endpoint_left = endpoints.has_untried(&of_current(tried_endpoints));
+    (key_left || endpoint_left).then_some(current)
 }
 
 /// A `Retry-After` header in seconds (RFC 9110 §10.2.3; the date form is

@@ -187,6 +187,7 @@ impl Filter for Route {
         ctx.targets = std::iter::once(primary.clone())
             .chain(fallbacks.iter().map(expand))
             .collect();
+        ctx.degrade = model.degrade_to.as_ref().map(expand);
         self.prepare(ctx, &primary)?;
         Ok(())
     }

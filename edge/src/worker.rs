@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio_rustls::TlsAcceptor;
-use sluice_config::{Config, FallbackOn, Target};
+use sluice_config::{Config, FallbackOn};
 
 use crate::audit::AuditLog;
 use crate::conn;
@@ -118,13 +118,6 @@ impl Core {
             ctx.settled = true;
             self.chain.on_done(ctx);
         }
-    }
-
-    /// The routed model's cheaper target for when every target is unavailable.
-    pub fn degrade_target(&self, ctx: &RequestCtx) -> Option<Target> {
-        ctx.model
-            .and_then(|m| self.config.models.get(m))
-            .and_then(|m| m.degrade_to.clone())
     }
 
     /// What makes the routed model fall back to its next target.
@@ -334,7 +327,7 @@ pub async fn health_checks(core: Rc<Core>) {
                 if core.upstreams[p].check(at, &check.path).await {
                     health.success(started.elapsed().as_micros() as u64);
                 } else {
-                    health.failure(&endpoints.health);
+                    health.check_failed(&endpoints.health);
                 }
             }
         }
