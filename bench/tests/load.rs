@@ -435,6 +435,38 @@ fn idle_streams_that_fail_to_open_are_counted() {
     let out = run(&target(m.addr), &spec, &plan);
     let idle = out.summary.idle.clone().unwrap();
     assert_eq!((idle.opened, idle.failed), (0, 20), "{:#?}", out.summary);
+    assert_eq!(out.summary.errors.get("status_503"), Some(&20));
+}
+
+#[test]
+fn idle_streams_give_up_on_a_server_that_never_answers() {
+    // The mock waits 10 s before each head; streams time out one by one,
+    // and after two timeouts the phase stops waiting for the rest.
+    let m = mock();
+    let spec = stream_spec()
+        .with_header(header::STALL_AFTER, "0")
+        .with_header(header::TTFB_MS, "10000");
+    let plan = Plan {
+        load: Load::Idle {
+            streams: 12,
+            hold: Duration::from_millis(50),
+            parallel: 4,
+        },
+        timeout: Duration::from_millis(200),
+        ..Plan::default()
+    };
+    let started = Instant::now();
+    let out = run(&target(m.addr), &spec, &plan);
+    let idle = out.summary.idle.clone().unwrap();
+    assert_eq!((idle.opened, idle.failed), (0, 12), "{:#?}", out.summary);
+    let reasons: u64 = out.summary.errors.values().sum();
+    assert_eq!(reasons, 12, "{:?}", out.summary.errors);
+    assert!(
+        out.summary.errors.contains_key("not_open_in_time"),
+        "{:?}",
+        out.summary.errors
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 #[test]

@@ -34,6 +34,10 @@ enum Cmd {
     Run(RunArgs),
     /// Run the scenario set against direct, nginx, sluice and extra targets.
     Compare(CompareArgs),
+    /// Keep this CPU from going idle at the lowest priority (started by
+    /// `compare` on the CPUs it measures).
+    #[command(hide = true)]
+    Spin,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -64,10 +68,10 @@ struct RunArgs {
     /// Measured time.
     #[arg(long, short = 'd', value_parser = duration, default_value = "10s")]
     duration: Duration,
-    /// Load before measuring starts.
-    #[arg(long, value_parser = duration, default_value = "1s")]
-    warmup: Duration,
-    /// Stop after this many requests.
+    /// Load before measuring starts (default 1s; none with --requests).
+    #[arg(long, value_parser = duration)]
+    warmup: Option<Duration>,
+    /// Send exactly this many measured requests, then stop.
     #[arg(long, short = 'n')]
     requests: Option<u64>,
     /// Per-request timeout.
@@ -199,13 +203,20 @@ struct CompareArgs {
     /// Retries of noisy phases stop when they would make the run longer.
     #[arg(long, value_parser = duration, default_value = "9m")]
     budget: Duration,
+    /// Let the measured CPUs go idle between requests. By default a
+    /// lowest-priority spinner keeps each one busy: on a VM an idle vCPU
+    /// takes milliseconds to wake, which would swamp every proxy's tail.
+    #[arg(long)]
+    no_keep_awake: bool,
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
     let verify = load::verify_from(a.ca.as_deref(), a.insecure);
     let target = Target::parse(&a.url, &verify).map_err(anyhow::Error::msg)?;
-    let mut spec = RequestSpec::chat(&a.model, a.stream, a.body_bytes);
-    if a.no_usage && a.stream {
+    // Idle streams are streams: the body must ask for one.
+    let stream = a.stream || a.idle_streams.is_some();
+    let mut spec = RequestSpec::chat(&a.model, stream, a.body_bytes);
+    if a.no_usage && stream {
         spec.body = String::from_utf8_lossy(&spec.body)
             .replace(",\"stream_options\":{\"include_usage\":true}", "")
             .into_bytes();
@@ -213,7 +224,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &a.body {
         spec.body = std::fs::read(path).with_context(|| format!("--body {}", path.display()))?;
-        spec.require_usage = a.stream && !a.no_usage;
+        spec.require_usage = stream && !a.no_usage;
     }
     if let Some(key) = &a.key {
         spec = spec.with_key(key);
@@ -228,14 +239,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         spec = spec.with_header(name.trim(), value.trim());
     }
     let load = match (a.idle_streams, a.rate) {
-        (Some(streams), _) => {
-            spec.stream = true;
-            Load::Idle {
-                streams,
-                hold: a.hold,
-                parallel: 256,
-            }
-        }
+        (Some(streams), _) => Load::Idle {
+            streams,
+            hold: a.hold,
+            parallel: 256,
+        },
         (None, Some(rate)) if rate > 0.0 => Load::Open {
             rate,
             max_connections: a.connections,
@@ -254,10 +262,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let plan = Plan {
         load,
-        warmup: if matches!(load, Load::Idle { .. }) {
-            Duration::ZERO
-        } else {
-            a.warmup
+        warmup: match (load, a.warmup) {
+            (Load::Idle { .. }, _) => Duration::ZERO,
+            (_, Some(w)) => w,
+            (_, None) if a.requests.is_some() => Duration::ZERO,
+            (_, None) => Duration::from_secs(1),
         },
         duration: a.duration,
         requests: a.requests,
@@ -381,6 +390,7 @@ fn compare_cmd(a: CompareArgs) -> anyhow::Result<()> {
         nginx: a.nginx.unwrap_or_else(compare::targets::find_nginx),
         mock_port: a.mock_port,
         budget: a.budget,
+        keep_awake: !a.no_keep_awake,
     };
     compare::run(options, command).map_err(anyhow::Error::msg)?;
     Ok(())
@@ -390,5 +400,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(a) => run(a),
         Cmd::Compare(a) => compare_cmd(a),
+        Cmd::Spin => compare::procs::spin(),
     }
 }

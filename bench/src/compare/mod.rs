@@ -63,6 +63,8 @@ pub struct Options {
     /// Retries of noisy phases stop when they would push the whole run
     /// past this long.
     pub budget: Duration,
+    /// Keep the measured CPUs from halting ([`procs::spin`]).
+    pub keep_awake: bool,
 }
 
 /// Memory of a proxy around the idle-stream phase.
@@ -128,6 +130,8 @@ pub struct Settings {
     pub proxy_cpus: Vec<usize>,
     pub sluice_workers: usize,
     pub noise_limit_pct: f64,
+    /// Idle-priority spinners kept the measured CPUs from halting.
+    pub keep_awake: bool,
     pub command: String,
 }
 
@@ -152,6 +156,8 @@ struct Bench {
     mock: Proc,
     targets: Vec<Target>,
     me: u32,
+    /// Idle-priority spinners keeping the watched CPUs awake.
+    spinners: Vec<Proc>,
     watched_cpus: Vec<usize>,
     started: Instant,
     /// Phases planned and done so far (for the retry budget).
@@ -171,6 +177,7 @@ impl Bench {
     /// Pids that belong to this comparison: itself, the mock, every target.
     fn known(&self) -> Vec<u32> {
         let mut k = vec![self.me, self.mock.pid()];
+        k.extend(self.spinners.iter().map(Proc::pid));
         for t in &self.targets {
             k.extend(&t.pids);
         }
@@ -264,7 +271,10 @@ impl Bench {
     }
 
     /// Runs one phase, again while it is noisy (up to `retries` more
-    /// times), keeping the quietest attempt.
+    /// times), keeping the quietest attempt. The idle-stream phase runs
+    /// once: its memory figures do not depend on CPU noise, and a second
+    /// attempt would meet a proxy still tearing down (or, after failures,
+    /// refusing) the first attempt's streams.
     fn phase(
         &self,
         sc: &Scenario,
@@ -276,7 +286,8 @@ impl Bench {
         let plan = sc.plan(&self.o.timing, capacity)?;
         let spec = sc.request(targets::MODEL, &target.key);
         let mut best: Option<Phase> = None;
-        for attempt in 0..=self.o.retries {
+        let retries = if sc.is_idle() { 0 } else { self.o.retries };
+        for attempt in 0..=retries {
             if attempt > 0 && !self.may_retry() {
                 println!(
                     "  {:<12} {:<20} noisy, but no time is left for another attempt",
@@ -584,6 +595,7 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
         mock,
         targets: Vec::new(),
         me: std::process::id(),
+        spinners: Vec::new(),
         started,
         planned: 0,
         done: std::sync::atomic::AtomicUsize::new(0),
@@ -602,6 +614,9 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
                 notes.push(format!("`{}` skipped: {e}", t.name));
             }
         }
+    }
+    if o.keep_awake {
+        bench.spinners = procs::start_spinners(&bench.watched_cpus, &work)?;
     }
     let mut i = 0;
     while i < bench.targets.len() {
@@ -633,9 +648,12 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
         }
         all.into_iter().filter(|s| o.only.contains(&s.id)).collect()
     };
-    let profiled = if o.profile { 3 } else { 0 };
+    let profiled = if o.profile { 4 } else { 0 };
     bench.planned = chosen.len() * bench.targets.len() * o.repeat.max(1) + profiled;
     let mut phases = Vec::new();
+    // Open-loop rates are shares of the first run's maximum, so every
+    // repeat offers the same rates and their medians compare.
+    let mut capacity: Option<f64> = None;
     for repeat in 0..o.repeat.max(1) {
         if repeat > 0 {
             for t in 0..bench.targets.len() {
@@ -643,7 +661,6 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
             }
         }
         println!("\nrun {} of {}", repeat + 1, o.repeat.max(1));
-        let mut capacity: Option<f64> = None;
         for sc in &chosen {
             println!("{}", sc.title);
             for t in 0..bench.targets.len() {
@@ -658,6 +675,7 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
                         // Open-loop rates are shares of direct's maximum
                         // (or of the first target's, without direct).
                         if sc.id == "max"
+                            && repeat == 0
                             && (bench.targets[t].kind == Kind::Direct || capacity.is_none())
                         {
                             capacity = Some(p.summary.throughput_rps);
@@ -682,7 +700,7 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
                 println!("\nprofiles (perf record, not part of the figures above)");
                 let wanted: Vec<&Scenario> = chosen
                     .iter()
-                    .filter(|s| matches!(s.id.as_str(), "max" | "stream-64"))
+                    .filter(|s| matches!(s.id.as_str(), "max" | "stream-64" | "body-64k"))
                     .collect();
                 for t in 0..bench.targets.len() {
                     let target = &bench.targets[t];
@@ -746,6 +764,7 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
             proxy_cpus: o.proxy_cpus.clone(),
             sluice_workers: o.sluice_workers,
             noise_limit_pct: o.noise_limit_pct,
+            keep_awake: o.keep_awake,
             command,
         },
         targets: bench
@@ -774,6 +793,9 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
         t.stop();
     }
     bench.mock.stop();
+    for s in &mut bench.spinners {
+        s.stop();
+    }
     let json = serde_json::to_string_pretty(&results).map_err(|e| format!("results.json: {e}"))?;
     let json_path = o.out.join("results.json");
     std::fs::write(&json_path, json).map_err(|e| format!("{}: {e}", json_path.display()))?;

@@ -42,9 +42,9 @@ fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in cpus {
-        // SAFETY: CPU_SET only writes inside `set` for c < CPU_SETSIZE,
-        // which the caller's parse bounds in practice; larger c is ignored
-        // by libc's macro guard.
+        // SAFETY: CPU_SET indexes the set's bit array with a bounds check
+        // (a CPU past CPU_SETSIZE panics here, before any fork); it writes
+        // nothing outside `set`.
         unsafe { libc::CPU_SET(c, &mut set) };
     }
     set
@@ -60,6 +60,41 @@ pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Runs forever at SCHED_IDLE priority, so the CPU it is pinned to never
+/// halts: any runnable task preempts it at once, and it only burns time
+/// that would otherwise be idle. On a VM a halted vCPU is descheduled by
+/// the host and takes milliseconds to come back when an interrupt (a
+/// packet from the other CPU) arrives; with a spinner it never halts.
+pub fn spin() -> ! {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+/// Starts one [`spin`] process per CPU in `cpus` (this same binary's
+/// hidden `spin` command).
+pub fn start_spinners(cpus: &[usize], work: &Path) -> Result<Vec<Proc>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+    let mut out = Vec::new();
+    for &cpu in cpus {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("spin");
+        let log = work.join(format!("spin-{cpu}.log"));
+        out.push(Proc::start(
+            &format!("spin-{cpu}"),
+            cmd,
+            &[cpu],
+            &log,
+            &[],
+            Duration::ZERO,
+        )?);
+    }
+    Ok(out)
 }
 
 /// Raises the open-file limit (soft, and hard when allowed) so this

@@ -169,15 +169,15 @@ fn rows() -> Vec<Row> {
             added: false,
         },
         Row {
-            label: "CPU per request at 50% load".into(),
-            scenario: "rate-50",
+            label: "CPU per request at 25% of direct's maximum".into(),
+            scenario: "rate-25",
             get: cpu_per_request,
             show: show_cpu,
             added: false,
         },
         Row {
-            label: "Latency p99 at 80% of direct's maximum".into(),
-            scenario: "rate-80",
+            label: "Latency p99 at 25% of direct's maximum".into(),
+            scenario: "rate-25",
             get: latency_p99,
             show: show_us,
             added: true,
@@ -289,8 +289,8 @@ fn goals(r: &Results, out: &mut String) {
     if !target_names(r).contains(&"sluice") {
         return;
     }
-    let s = "sluice";
-    let mut lines: Vec<(String, String, String)> = Vec::new();
+    // (goal, sluice's figure, nginx's figure for scale, verdict)
+    let mut lines: Vec<(String, String, String, String)> = Vec::new();
     let verdict = |ok: bool, short: String| {
         if ok {
             "met".to_owned()
@@ -298,25 +298,26 @@ fn goals(r: &Results, out: &mut String) {
             format!("**short** by {short}")
         }
     };
-    if has(r, "c1") {
-        let d = fig(r, "c1", "direct", latency_p99).0;
-        let v = fig(r, "c1", s, latency_p99).0;
-        if let (Some(d), Some(v)) = (d, v) {
-            let added = v - d;
-            lines.push((
-                "Added latency p99 at concurrency 1 ≤ 50 µs over direct".into(),
-                format!("+{}", us(added)),
-                verdict(added <= 50.0, us(added - 50.0)),
-            ));
-        }
+    let added = |sc: &str, t: &str, get: fn(&Phase) -> Option<f64>| -> Option<f64> {
+        Some(fig(r, sc, t, get).0? - fig(r, sc, "direct", get).0?)
+    };
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "–".to_owned());
+    if let Some(a) = added("c1", "sluice", latency_p99) {
+        lines.push((
+            "Added latency p99 at concurrency 1 ≤ 50 µs over direct".into(),
+            format!("+{}", us(a)),
+            or_dash(added("c1", "nginx", latency_p99).map(|n| format!("+{}", us(n)))),
+            verdict(a <= 50.0, us(a - 50.0)),
+        ));
     }
-    for sc in ["max", "rate-50"] {
+    for sc in ["max", "rate-25"] {
         let n = fig(r, sc, "nginx", cpu_per_request).0;
-        let v = fig(r, sc, s, cpu_per_request).0;
+        let v = fig(r, sc, "sluice", cpu_per_request).0;
         if let (Some(n), Some(v)) = (n, v) {
             lines.push((
-                format!("CPU per non-streaming request ≤ nginx's ({sc})"),
-                format!("{v:.1} µs vs {n:.1} µs ({:.2}×)", v / n),
+                format!("CPU per non-streaming request ≤ nginx's (`{sc}`)"),
+                format!("{v:.1} µs ({:.2}×)", v / n),
+                format!("{n:.1} µs"),
                 verdict(
                     v <= n,
                     format!(
@@ -328,66 +329,74 @@ fn goals(r: &Results, out: &mut String) {
             ));
         }
     }
-    if has(r, "stream-1") {
-        let d = fig(r, "stream-1", "direct", ttft_p99).0;
-        let v = fig(r, "stream-1", s, ttft_p99).0;
-        if let (Some(d), Some(v)) = (d, v) {
-            let added = v - d;
-            lines.push((
-                "Added time-to-first-token p99 ≤ 100 µs (1 stream)".into(),
-                format!("+{}", us(added)),
-                verdict(added <= 100.0, us(added - 100.0)),
-            ));
-        }
+    if let Some(a) = added("stream-1", "sluice", ttft_p99) {
+        lines.push((
+            "Added time-to-first-token p99 ≤ 100 µs (1 stream)".into(),
+            format!("+{}", us(a)),
+            or_dash(added("stream-1", "nginx", ttft_p99).map(|n| format!("+{}", us(n)))),
+            verdict(a <= 100.0, us(a - 100.0)),
+        ));
     }
-    if has(r, "idle") {
-        let ps = phases(r, "idle", s);
-        if let Some(p) = ps.first() {
-            if let Some(idle) = &p.summary.idle {
-                let workers = r.settings.sluice_workers.max(1) as u64;
-                let per_core = idle.opened / workers;
-                let value = format!(
-                    "{} of {} held on {workers} core(s), {} failed",
-                    idle.opened, idle.requested, idle.failed
-                );
-                let v = if idle.requested / workers < 10_000 && idle.failed == 0 {
-                    format!("not tested: only {} streams asked", idle.requested)
-                } else {
-                    verdict(
-                        per_core >= 10_000 && idle.failed == 0,
-                        format!(
-                            "{} streams",
-                            10_000u64.saturating_sub(per_core).max(idle.failed)
-                        ),
-                    )
-                };
-                lines.push(("≥ 10 000 concurrent streams per core".into(), value, v));
-            }
-        }
-        if let Some(kb) = fig(r, "idle", s, fresh_rss).0 {
-            lines.push((
-                "Idle RSS ≤ 10 MB".into(),
-                mb(kb),
-                verdict(kb <= 10.0 * 1024.0, mb(kb - 10.0 * 1024.0)),
-            ));
-        }
-        if let Some(kb) = fig(r, "idle", s, per_stream).0 {
-            lines.push((
-                "≤ 10 KB per idle stream".into(),
-                format!("{kb:.1} KB"),
-                verdict(kb <= 10.0, format!("{:.1} KB per stream", kb - 10.0)),
-            ));
-        }
+    let held = |t: &str| -> Option<crate::load::IdleCounts> {
+        phases(r, "idle", t).first()?.summary.idle.clone()
+    };
+    if let Some(idle) = held("sluice") {
+        let workers = r.settings.sluice_workers.max(1) as u64;
+        let per_core = idle.opened / workers;
+        let value = format!(
+            "{} of {} held on {workers} core(s), {} failed",
+            idle.opened, idle.requested, idle.failed
+        );
+        let v = if idle.requested / workers < 10_000 && idle.failed == 0 {
+            format!("not tested: only {} streams asked", idle.requested)
+        } else {
+            verdict(
+                per_core >= 10_000 && idle.failed == 0,
+                format!(
+                    "{} streams",
+                    10_000u64.saturating_sub(per_core).max(idle.failed)
+                ),
+            )
+        };
+        let nginx = or_dash(held("nginx").map(|i| format!("{} of {}", i.opened, i.requested)));
+        lines.push((
+            "≥ 10 000 concurrent streams per core".into(),
+            value,
+            nginx,
+            v,
+        ));
+    }
+    if let Some(kb) = fig(r, "idle", "sluice", fresh_rss).0 {
+        lines.push((
+            "Idle RSS ≤ 10 MB".into(),
+            mb(kb),
+            or_dash(fig(r, "idle", "nginx", fresh_rss).0.map(mb)),
+            verdict(kb <= 10.0 * 1024.0, mb(kb - 10.0 * 1024.0)),
+        ));
+    }
+    if let Some(kb) = fig(r, "idle", "sluice", per_stream).0 {
+        lines.push((
+            "≤ 10 KB per idle stream".into(),
+            format!("{kb:.1} KB"),
+            or_dash(
+                fig(r, "idle", "nginx", per_stream)
+                    .0
+                    .map(|k| format!("{k:.1} KB")),
+            ),
+            verdict(kb <= 10.0, format!("{:.1} KB per stream", kb - 10.0)),
+        ));
     }
     if lines.is_empty() {
         return;
     }
     let _ = writeln!(
         out,
-        "## Targets (DESIGN §7)\n\n| goal | sluice | verdict |\n|---|---|---|"
+        "## Targets (DESIGN §7)\n\nnginx's figure is there for scale: what a plain proxy \
+         costs on the same machine in the same run.\n\n\
+         | goal | sluice | nginx | verdict |\n|---|---|---|---|"
     );
-    for (goal, value, v) in lines {
-        let _ = writeln!(out, "| {goal} | {value} | {v} |");
+    for (goal, value, nginx, v) in lines {
+        let _ = writeln!(out, "| {goal} | {value} | {nginx} | {v} |");
     }
     out.push('\n');
 }
@@ -408,21 +417,33 @@ fn noise_cell(ps: &[&Phase]) -> String {
     }
 }
 
+/// Failed requests: the median over repeats, with every reason summed
+/// over the repeats.
 fn failures(ps: &[&Phase]) -> String {
-    let failed: u64 = ps
-        .iter()
-        .map(|p| p.summary.counts.failed + p.summary.idle.as_ref().map_or(0, |i| i.failed))
-        .sum();
-    if failed == 0 {
-        return "0".into();
-    }
-    let mut kinds: Vec<String> = Vec::new();
+    let failed = median(
+        ps.iter()
+            .map(|p| {
+                (p.summary.counts.failed + p.summary.idle.as_ref().map_or(0, |i| i.failed)) as f64
+            })
+            .collect(),
+    )
+    .unwrap_or(0.0);
+    let mut kinds: std::collections::BTreeMap<&str, u64> = Default::default();
     for p in ps {
         for (k, v) in &p.summary.errors {
-            kinds.push(format!("{k} {v}"));
+            *kinds.entry(k.as_str()).or_default() += v;
         }
     }
-    format!("{failed} ({})", kinds.join(", "))
+    if failed == 0.0 && kinds.is_empty() {
+        return "0".into();
+    }
+    let list: Vec<String> = kinds.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let over = if ps.len() > 1 {
+        format!(" over {} runs", ps.len())
+    } else {
+        String::new()
+    };
+    format!("{} ({}{over})", count(failed), list.join(", "))
 }
 
 fn scenario_table(r: &Results, id: &str, out: &mut String) {
@@ -594,9 +615,9 @@ fn plots(r: &Results, dir: &Path, notes: &mut Vec<String>) -> Vec<(String, Strin
             |p| Some(&p.summary.latency),
         ),
         (
-            "rate-50",
-            "latency-rate-50.svg",
-            "Latency at 50% of direct's maximum (open loop)",
+            "rate-25",
+            "latency-rate-25.svg",
+            "Latency at 25% of direct's maximum (open loop)",
             |p| Some(&p.summary.latency),
         ),
         (
@@ -637,15 +658,21 @@ fn plots(r: &Results, dir: &Path, notes: &mut Vec<String>) -> Vec<(String, Strin
         }
     }
     let mut load_series = Vec::new();
+    let rates: Vec<&str> = r
+        .scenarios
+        .iter()
+        .map(|s| s.id.as_str())
+        .filter(|id| id.starts_with("rate-"))
+        .collect();
     for name in &names {
-        let mut points: Vec<(f64, f64, f64)> = r
-            .phases
+        // One point per open-loop scenario: medians over the repeats.
+        let mut points: Vec<(f64, f64, f64)> = rates
             .iter()
-            .filter(|p| &p.target == name && p.scenario.starts_with("rate-"))
-            .filter_map(|p| {
-                p.summary
-                    .offered_rps
-                    .map(|o| (o, p.summary.latency.p50, p.summary.latency.p99))
+            .filter_map(|id| {
+                let offered = fig(r, id, name, |p| p.summary.offered_rps).0?;
+                let p50 = fig(r, id, name, latency_p50).0?;
+                let p99 = fig(r, id, name, latency_p99).0?;
+                Some((offered, p50, p99))
             })
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -746,6 +773,11 @@ pub fn write(r: &Results, dir: &Path) -> Result<PathBuf, String> {
             format!("Every figure is the median of {} runs", s.repeat)
         } else {
             "One run".to_owned()
+        } + if s.keep_awake {
+            " · an idle-priority spinner kept each measured CPU from halting \
+             (a halted vCPU takes milliseconds to wake)"
+        } else {
+            " · CPUs allowed to go idle"
         },
         r.elapsed_s,
         s.command
@@ -835,7 +867,11 @@ pub fn write(r: &Results, dir: &Path) -> Result<PathBuf, String> {
         }
         out.push('\n');
     }
-    let _ = writeln!(out, "Raw results: [results.json](results.json).");
+    let _ = writeln!(
+        out,
+        "Raw results: [results.json](results.json). What each figure means and how to read \
+         them on a noisy machine: `bench/README.md`."
+    );
     let path = dir.join("report.md");
     std::fs::write(&path, out).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
@@ -844,6 +880,138 @@ pub fn write(r: &Results, dir: &Path) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use super::super::{IdleMemory, Settings, TargetInfo};
+    use crate::compare::procs::Noise;
+    use crate::load::Recorder;
+    use std::time::Duration;
+
+    fn phase(scenario: &str, target: &str, p99: f64, cpu: Option<f64>) -> Phase {
+        let mut rec = Recorder::default();
+        for v in [p99 * 500.0, p99 * 1000.0] {
+            rec.latency.record(v as u64).unwrap();
+        }
+        rec.counts.completed_in_window = 5000;
+        let idle = scenario == "idle";
+        let mut summary = rec.summary(
+            if idle { "idle" } else { "closed" },
+            idle,
+            Duration::from_secs(5),
+            None,
+            Some(1),
+        );
+        if let Some(i) = summary.idle.as_mut() {
+            i.requested = 10_000;
+            i.opened = 10_000;
+        }
+        Phase {
+            scenario: scenario.into(),
+            target: target.into(),
+            repeat: 0,
+            attempts: 1,
+            wall_s: 6.0,
+            summary,
+            cpu_ms: cpu.map(|c| c * 5.0),
+            cpu_pct: cpu.map(|_| 50.0),
+            cpu_us_per_request: cpu,
+            client_pct: 90.0,
+            rss_kb: Some(4096),
+            memory: idle.then_some(IdleMemory {
+                fresh_kb: 8 * 1024,
+                warm_kb: 9 * 1024,
+                holding_kb: 59 * 1024,
+                per_stream_bytes: 5120.0,
+            }),
+            noise: Noise {
+                noisy: target == "nginx",
+                others_pct: 9.0,
+                ..Noise::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_report_renders_ratios_goals_and_noise() {
+        let targets = ["direct", "nginx", "sluice"];
+        let r = Results {
+            machine: Default::default(),
+            settings: Settings {
+                warmup_s: 1.0,
+                duration_s: 5.0,
+                idle_hold_s: 3.0,
+                repeat: 1,
+                client_cpus: vec![0],
+                proxy_cpus: vec![1],
+                sluice_workers: 1,
+                noise_limit_pct: 3.0,
+                keep_awake: true,
+                command: "sluice-bench compare".into(),
+            },
+            targets: targets
+                .iter()
+                .map(|t| TargetInfo {
+                    name: (*t).into(),
+                    label: (*t).into(),
+                    url: String::new(),
+                    measured: *t != "direct",
+                })
+                .collect(),
+            notes: vec!["`sluice-passthrough` skipped: no switch".into()],
+            scenarios: vec![
+                super::super::ScenarioInfo {
+                    id: "c1".into(),
+                    title: "c1".into(),
+                },
+                super::super::ScenarioInfo {
+                    id: "max".into(),
+                    title: "max".into(),
+                },
+                super::super::ScenarioInfo {
+                    id: "idle".into(),
+                    title: "idle".into(),
+                },
+            ],
+            phases: vec![
+                phase("c1", "direct", 20.0, None),
+                phase("c1", "nginx", 100.0, Some(60.0)),
+                phase("c1", "sluice", 60.0, Some(40.0)),
+                phase("max", "direct", 900.0, None),
+                phase("max", "nginx", 1200.0, Some(20.0)),
+                phase("max", "sluice", 1000.0, Some(25.0)),
+                phase("idle", "nginx", 1.0, Some(90.0)),
+                phase("idle", "sluice", 1.0, Some(90.0)),
+            ],
+            profiles: Vec::new(),
+            elapsed_s: 300.0,
+        };
+        let h = headline(&r);
+        assert!(
+            h.contains("| | direct | nginx | sluice | sluice ÷ nginx |"),
+            "{h}"
+        );
+        assert!(h.contains("1.25×"), "CPU at max, sluice ÷ nginx: {h}");
+        assert!(h.contains("⚠"), "nginx's phases were noisy: {h}");
+        let dir = std::env::temp_dir().join(format!("sluice-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = write(&r, &dir).unwrap();
+        let md = std::fs::read_to_string(path).unwrap();
+        assert!(md.contains("## Targets (DESIGN §7)"), "{md}");
+        assert!(
+            md.contains(
+                "| Added latency p99 at concurrency 1 ≤ 50 µs over direct | +40.0 µs | +80.0 µs | met |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("**short** by 5.0 µs per request (25%)"), "{md}");
+        assert!(md.contains("| ≥ 10 000 concurrent streams per core | 10000 of 10000 held on 1 core(s), 0 failed | 10000 of 10000 | met |"), "{md}");
+        assert!(
+            md.contains("![Latency, one request at a time (by percentile)](latency-c1.svg)"),
+            "{md}"
+        );
+        assert!(md.contains("sluice-passthrough` skipped"), "{md}");
+        assert!(dir.join("latency-c1.svg").is_file());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn medians() {

@@ -40,8 +40,9 @@ const HOUSEKEEPING: Duration = Duration::from_millis(100);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
 /// Read buffer shared by every connection of the thread.
 const SCRATCH: usize = 64 * 1024;
-/// Time the idle phase waits for every stream to open.
-const IDLE_OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The idle phase waits this many request timeouts, at most, for every
+/// stream to open; then whatever is not open counts as failed.
+const IDLE_OPEN_TIMEOUTS: u32 = 2;
 
 /// This thread's part of the plan.
 pub(crate) struct Share {
@@ -457,12 +458,34 @@ impl<'a> Engine<'a> {
                     return;
                 }
                 let settled = self.rec.idle.opened + self.rec.idle.failed;
-                if settled >= *streams || now >= self.start + IDLE_OPEN_TIMEOUT {
+                let late = now >= self.start + self.plan.timeout * IDLE_OPEN_TIMEOUTS;
+                if settled >= *streams || late {
                     *hold_until = Some(now + *hold);
                     self.rec.idle.open_ms = (now - self.start).as_millis() as u64;
                     self.progress
                         .holding
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if late {
+                        // Never launched, or launched and still not open:
+                        // failed either way, and not held.
+                        let never = *streams - *launched;
+                        *launched = *streams;
+                        self.rec.idle.failed += never;
+                        for _ in 0..never {
+                            self.rec.fail("not_open_in_time");
+                        }
+                        let opening: Vec<usize> = (0..self.slots.len())
+                            .filter(|i| {
+                                self.slots[*i]
+                                    .as_ref()
+                                    .and_then(|s| s.ex.as_ref())
+                                    .is_some_and(|ex| !ex.opened)
+                            })
+                            .collect();
+                        for i in opening {
+                            self.lose(i, now, "not_open_in_time");
+                        }
+                    }
                     return;
                 }
                 let mut to_launch = 0;
@@ -707,6 +730,12 @@ impl<'a> Engine<'a> {
             } else {
                 self.rec.idle.failed += 1;
                 *opening = opening.saturating_sub(1);
+                let reason = match error {
+                    Some(e) => e.to_owned(),
+                    None if ex.status != 0 => format!("status_{}", ex.status),
+                    None => "ended_before_open".to_owned(),
+                };
+                self.rec.fail(&reason);
             }
             self.close(i);
             return;
@@ -845,9 +874,14 @@ impl<'a> Engine<'a> {
     fn record(&mut self, ex: &Exchange, now: Instant, error: Option<&str>) {
         use std::sync::atomic::Ordering::Relaxed;
         let rec = &mut self.rec;
-        rec.counts.all_completed += 1;
-        if now >= self.measure_from && now < self.end {
-            rec.counts.completed_in_window += 1;
+        // Only answered requests count as work the target did; requests
+        // failed before any response byte (connect errors, queued past the
+        // drain deadline, timeouts) do not.
+        if ex.status != 0 {
+            rec.counts.all_completed += 1;
+            if now >= self.measure_from && now < self.end {
+                rec.counts.completed_in_window += 1;
+            }
         }
         self.progress.completed.fetch_add(1, Relaxed);
         self.progress.events.fetch_add(ex.events, Relaxed);

@@ -44,11 +44,12 @@ pub struct Counts {
     pub ok: u64,
     /// Measured requests that failed (errors has the reasons).
     pub failed: u64,
-    /// Responses that completed inside the measured window, whenever they
-    /// were sent; throughput is this over the window.
+    /// Responses (any status) that ended inside the measured window,
+    /// whenever their request was sent; throughput is this over the window.
     pub completed_in_window: u64,
-    /// Every response completed, warm-up and drain included (what the
-    /// target's CPU time is divided by).
+    /// Every response received, warm-up and drain included (what the
+    /// target's CPU time is divided by); requests that failed before any
+    /// response byte are not in it.
     pub all_completed: u64,
     /// SSE events received by measured requests.
     pub events: u64,
