@@ -15,7 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::error::{error_body, Error, ErrorKind};
 use crate::filter::{Endpoint, Request, RequestCtx, Verdict, Wire};
-use crate::health::Endpoints;
+use crate::health::{Endpoints, Pick};
 use crate::http::{self, BodyKind, ResponseHead};
 use crate::io::{BufConn, PeerWatch};
 use crate::pool;
@@ -110,7 +110,7 @@ where
         let pick = slot
             .as_ref()
             .and_then(|_| core.shared.endpoints[provider].choose(&endpoints_tried));
-        let (Some(_slot), Some(pick)) = (slot, pick) else {
+        let (Some(slot), Some(pick)) = (slot, pick) else {
             let why = if full {
                 "is at its concurrency limit"
             } else {
@@ -159,6 +159,8 @@ where
                     "retry-after",
                     wait_ns.div_ceil(1_000_000_000).max(1).to_string(),
                 ));
+                // Free the provider's place before answering: the client may ask again at once.
+                drop((slot, pick));
                 return respond_error(core, down, ctx, &e, keep_alive).await;
             }
         };
@@ -214,6 +216,8 @@ where
                         }
                     }
                 }
+                // Free the provider's place before answering: the client may ask again at once.
+                drop((slot, pick));
                 return respond_error(core, down, ctx, &e, keep_alive).await;
             }
         };
@@ -290,7 +294,16 @@ where
                 }
             }
         }
-        return relay_whole(core, upstream, down, response, ctx, keep_alive).await;
+        return relay_whole(
+            core,
+            upstream,
+            down,
+            response,
+            ctx,
+            keep_alive,
+            (slot, pick),
+        )
+        .await;
     }
     let e = Error::new(ErrorKind::UpstreamStatus, "every attempt failed");
     respond_error(core, down, ctx, &e, keep_alive).await
@@ -565,13 +578,18 @@ async fn relay_whole<S>(
     mut response: Response,
     ctx: &mut RequestCtx,
     keep_alive: bool,
+    hold: (pool::Slot<'_>, Pick<'_>),
 ) -> bool
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
     let mut reader = BodyReader::new(response.head.body);
     let mut body = Vec::new();
-    if let Err(e) = read_body(upstream, &mut response.conn, &mut reader, &mut body).await {
+    let read = read_body(upstream, &mut response.conn, &mut reader, &mut body).await;
+    // The provider is done with this request once its body is in: free its
+    // place before answering, so the client's next request finds it free.
+    drop(hold);
+    if let Err(e) = read {
         core.metrics.upstream_error(upstream_index(ctx), e.kind);
         return respond_error(core, down, ctx, &e, keep_alive).await;
     }
