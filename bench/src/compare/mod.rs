@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::load::{self, Load, Plan, Progress, Summary, Verify};
 use procs::{Noise, Proc, Snapshot};
@@ -68,7 +68,7 @@ pub struct Options {
 }
 
 /// Memory of a proxy around the idle-stream phase.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct IdleMemory {
     /// Right after a fresh start, before any request.
     pub fresh_kb: u64,
@@ -81,7 +81,7 @@ pub struct IdleMemory {
 }
 
 /// One scenario against one target.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Phase {
     pub scenario: String,
     pub target: String,
@@ -106,7 +106,7 @@ pub struct Phase {
 }
 
 /// The whole result file.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Results {
     pub machine: machine::Machine,
     pub settings: Settings,
@@ -120,7 +120,7 @@ pub struct Results {
     pub elapsed_s: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Settings {
     pub warmup_s: f64,
     pub duration_s: f64,
@@ -135,7 +135,7 @@ pub struct Settings {
     pub command: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TargetInfo {
     pub name: String,
     pub label: String,
@@ -143,7 +143,7 @@ pub struct TargetInfo {
     pub measured: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ScenarioInfo {
     pub id: String,
     pub title: String,

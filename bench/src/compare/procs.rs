@@ -447,7 +447,7 @@ impl Snapshot {
 }
 
 /// What ran besides the comparison's own processes between two snapshots.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Noise {
     /// CPU time of other user processes, as % of one core over the phase.
     pub others_pct: f64,

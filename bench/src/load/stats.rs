@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Highest value a time histogram holds: one hour in nanoseconds.
 const MAX_NS: u64 = 3_600_000_000_000;
@@ -33,7 +33,7 @@ pub(crate) fn ns(d: Duration) -> u64 {
 }
 
 /// Counters of one run.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counts {
     /// Requests written in the measured window.
     pub sent: u64,
@@ -60,7 +60,7 @@ pub struct Counts {
 }
 
 /// How the stream checks went, over measured streamed requests.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StreamChecks {
     /// Streamed requests checked.
     pub streams: u64,
@@ -79,7 +79,7 @@ pub struct StreamChecks {
 }
 
 /// How the idle-stream phase went.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IdleCounts {
     /// Streams asked for.
     pub requested: u64,
@@ -135,7 +135,7 @@ impl Default for Recorder {
 }
 
 /// A distribution as reported. Time distributions are in microseconds.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Dist {
     pub count: u64,
     pub min: f64,
@@ -187,7 +187,7 @@ fn round4(x: f64) -> f64 {
 }
 
 /// The serializable result of one run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     /// `closed`, `open` or `idle`.
     pub mode: String,

@@ -1847,13 +1847,9 @@ fn flood(a: &FloodArgs) -> Result<()> {
     };
 
     // ---- baseline: everything idle.
+    // (perf stat starts before and stops after each /proc/stat window, so
+    // its own start-up and report are in neither.)
     let base_len = (a.baseline * 1e9) as u64;
-    let b_stat0 = read_stat()?;
-    let b_sluice0 = process_runtime_ns(a.sluice_pid);
-    let b_napi0 = (
-        thread_runtime_ns(server_napi),
-        thread_runtime_ns(client_napi),
-    );
     let sluice_tids = thread_ids(a.sluice_pid);
     let mut base_tids = vec![server_napi, client_napi];
     base_tids.extend(&sluice_tids);
@@ -1865,29 +1861,28 @@ fn flood(a: &FloodArgs) -> Result<()> {
         )?),
         None => None,
     };
+    let b_stat0 = read_stat()?;
+    let b_sluice0 = process_runtime_ns(a.sluice_pid);
+    let b_napi0 = (
+        thread_runtime_ns(server_napi),
+        thread_runtime_ns(client_napi),
+    );
     let b0 = mono_ns();
     sleep_until(b0 + base_len);
     let b1 = mono_ns();
-    let base_times = base_tc.map(task_clock_stop).transpose()?;
     let b_stat1 = read_stat()?;
     let b_sluice1 = process_runtime_ns(a.sluice_pid);
     let b_napi1 = (
         thread_runtime_ns(server_napi),
         thread_runtime_ns(client_napi),
     );
+    let base_times = base_tc.map(task_clock_stop).transpose()?;
 
     // ---- load.
     let accepted0 = accepted(a.admin)?;
     let counters0 = maps.as_ref().map(|m| m.counters()).transpose()?;
     let mib0 = join(inside(&ns_name, ns_tcp_mib))?;
     let prog0 = prog_sample(&prog_stats);
-    let stat0 = read_stat()?;
-    let sluice0 = process_runtime_ns(a.sluice_pid);
-    let napi0 = (
-        thread_runtime_ns(server_napi),
-        thread_runtime_ns(client_napi),
-    );
-    let runs0 = (thread_runs(server_napi), thread_runs(client_napi));
     let start_at = mono_ns() + 800_000_000;
     let (tid_tx, tid_rx) = mpsc::channel();
     let handle = match a.case {
@@ -1907,6 +1902,13 @@ fn flood(a: &FloodArgs) -> Result<()> {
         }
         _ => None,
     };
+    let stat0 = read_stat()?;
+    let sluice0 = process_runtime_ns(a.sluice_pid);
+    let napi0 = (
+        thread_runtime_ns(server_napi),
+        thread_runtime_ns(client_napi),
+    );
+    let runs0 = (thread_runs(server_napi), thread_runs(client_napi));
     if mono_ns() >= start_at {
         problems.push("perf stat took too long to start: the load began before it counted".into());
     }
@@ -1914,7 +1916,6 @@ fn flood(a: &FloodArgs) -> Result<()> {
     // Let the last packets (and, for userspace, closes) settle.
     thread::sleep(Duration::from_millis(50));
     let l1 = mono_ns();
-    let load_times = load_tc.map(task_clock_stop).transpose()?;
     let stat1 = read_stat()?;
     let sluice1 = process_runtime_ns(a.sluice_pid);
     let napi1 = (
@@ -1922,6 +1923,7 @@ fn flood(a: &FloodArgs) -> Result<()> {
         thread_runtime_ns(client_napi),
     );
     let runs1 = (thread_runs(server_napi), thread_runs(client_napi));
+    let load_times = load_tc.map(task_clock_stop).transpose()?;
     let prog1 = prog_sample(&prog_stats);
     let mib1 = join(inside(&ns_name, ns_tcp_mib))?;
     let counters1 = maps.as_ref().map(|m| m.counters()).transpose()?;
@@ -1960,10 +1962,12 @@ fn flood(a: &FloodArgs) -> Result<()> {
     let stat_host_s = host - host_base;
 
     // ---- exact run times (schedstat), the baseline's removed
-    let k = window_ns as f64 / (b1 - b0) as f64;
+    // Snapshots were taken with the /proc/stat ones: the same spans.
     let exact = |l0: u64, l1: u64, b0: u64, b1: u64| {
-        l1.saturating_sub(l0) as f64 / 1e9 - b1.saturating_sub(b0) as f64 / 1e9 * k
+        l1.saturating_sub(l0) as f64 / 1e9 - b1.saturating_sub(b0) as f64 / 1e9 * scale
     };
+    // perf samples are counted in [b0, b1) and [start, l1).
+    let k = window_ns as f64 / (b1 - b0) as f64;
     let schedstat_server_s = exact(sluice0, sluice1, b_sluice0, b_sluice1)
         + exact(napi0.0, napi1.0, b_napi0.0, b_napi1.0);
     // perf's task-clock when there is perf; schedstat otherwise.
