@@ -131,8 +131,8 @@ ip netns exec "$NS" sysctl -q -w net.ipv4.ip_local_port_range="1024 65535" net.i
 # Each veth end gets its own NAPI instance (GRO on) polled by a kernel
 # thread (threaded NAPI): everything the host end receives (the XDP
 # program, the TCP handshake, the requests) and sends back in reply runs
-# in one thread pinned to the server CPU, whose run time schedstat gives
-# exactly; the namespace end's on the client CPU. Without this each sender
+# in one thread pinned to the server CPU, whose time on CPU perf's
+# task-clock gives; the namespace end's on the client CPU. Without this each sender
 # would run its peer's receive work inline, mixing client and server costs.
 "$bench" napi --iface "$HOST_IF" --cpu "$SERVER_CPU" --fifo "$NAPI_FIFO" >/dev/null
 ip netns exec "$NS" "$bench" napi --iface "$NS_IF" --cpu "$CLIENT_CPU" --fifo "$NAPI_FIFO" >/dev/null
