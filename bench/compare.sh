@@ -4,7 +4,7 @@
 # release binaries, and runs `sluice-bench compare` into
 # bench/results/<date>-<commit>/ (report.md, results.json, SVG plots).
 #
-#   bench/compare.sh                      # defaults: ~6 minutes on 2 cores
+#   bench/compare.sh                      # defaults: 5-8 minutes on 2 cores
 #   bench/compare.sh --repeat 3           # medians of three runs
 #   bench/compare.sh --scenarios c1,max   # a subset
 #   OUT=/tmp/bench bench/compare.sh       # another output directory

@@ -34,6 +34,11 @@ enum Cmd {
     Run(RunArgs),
     /// Run the scenario set against direct, nginx, sluice and extra targets.
     Compare(CompareArgs),
+    /// Redraw a comparison's report.md and plots from its results.json.
+    Report {
+        /// The comparison's output directory.
+        dir: PathBuf,
+    },
     /// Keep this CPU from going idle at the lowest priority (started by
     /// `compare` on the CPUs it measures).
     #[command(hide = true)]
@@ -400,6 +405,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(a) => run(a),
         Cmd::Compare(a) => compare_cmd(a),
+        Cmd::Report { dir } => {
+            let path = compare::report::rerender(&dir).map_err(anyhow::Error::msg)?;
+            println!("{}", path.display());
+            Ok(())
+        }
         Cmd::Spin => compare::procs::spin(),
     }
 }

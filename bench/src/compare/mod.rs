@@ -703,16 +703,27 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
                     .filter(|s| matches!(s.id.as_str(), "max" | "stream-64" | "body-64k"))
                     .collect();
                 for t in 0..bench.targets.len() {
-                    let target = &bench.targets[t];
-                    let is_sluice = matches!(target.kind, Kind::Sluice { .. });
-                    if !target.measurable() || !(is_sluice || target.kind == Kind::Nginx) {
+                    let kind = bench.targets[t].kind.clone();
+                    let is_sluice = matches!(kind, Kind::Sluice { .. });
+                    if !bench.targets[t].measurable() || !(is_sluice || kind == Kind::Nginx) {
                         continue;
                     }
+                    // A fresh process: the idle phase may have left it short
+                    // of descriptors or with its circuits open.
+                    if let Err(e) = bench.targets[t].restart(&bench.env) {
+                        notes.push(format!(
+                            "profile of {}: restart failed: {e}",
+                            bench.targets[t].name
+                        ));
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                    bench.targets[t].refresh_pids();
+                    let target = &bench.targets[t];
                     for sc in &wanted {
                         if target.kind == Kind::Nginx && sc.id != "max" {
                             continue;
                         }
-                        let capacity = None;
                         let data = work.join(format!("perf-{}-{}.data", target.name, sc.id));
                         let child = match profile::start(&perf, &target.pids, &data) {
                             Ok(c) => c,
@@ -721,10 +732,29 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
                                 continue;
                             }
                         };
-                        let ran = bench.phase(sc, t, capacity, 0);
+                        // One attempt: these runs explain figures, they are
+                        // not figures.
+                        let spec = sc.request(targets::MODEL, &target.key);
+                        let ran = sc
+                            .plan(&o.timing, None)
+                            .and_then(|plan| bench.attempt(sc, t, &plan, &spec, 0));
                         profile::stop(child);
+                        let ran = ran.and_then(|p| {
+                            let c = &p.summary.counts;
+                            if c.failed * 100 > c.completed.max(1) {
+                                Err(format!(
+                                    "{} of {} requests failed: {:?}",
+                                    c.failed, c.completed, p.summary.errors
+                                ))
+                            } else {
+                                Ok(p)
+                            }
+                        });
                         if let Err(e) = ran {
-                            notes.push(format!("profile run {} / {}: {e}", sc.id, target.name));
+                            notes.push(format!(
+                                "profile run {} / {} dropped: {e}",
+                                sc.id, target.name
+                            ));
                             continue;
                         }
                         let txt = o.out.join(format!("profile-{}-{}.txt", target.name, sc.id));

@@ -39,6 +39,13 @@ pub struct Profile {
 pub fn category(e: &Entry) -> &'static str {
     let s = e.symbol.as_str();
     let has = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
+    // A crate path: at the start of the symbol or of a path inside it
+    // (`alloc::string::String` is not the `ring` crate).
+    let krate = |names: &[&str]| {
+        names.iter().any(|n| {
+            s.starts_with(n) || s.contains(&format!("<{n}")) || s.contains(&format!(" {n}"))
+        })
+    };
     if e.object.contains("kernel") {
         // Samples that land where interrupts are re-enabled belong to the
         // wake-ups that ran with interrupts off (no PMU in a VM).
@@ -80,8 +87,10 @@ pub fn category(e: &Entry) -> &'static str {
         "tokenizer (tiktoken, regex)"
     } else if has(&["serde_json", "simd_json", "serde::", "ryu", "itoa"]) {
         "JSON"
-    } else if has(&["rustls", "ring::", "ring_core"]) {
+    } else if krate(&["rustls::", "ring::", "ring_core"]) {
         "TLS"
+    } else if krate(&["sha2::", "sha1::", "md5::"]) {
+        "hashing (API keys)"
     } else if has(&["monoio", "io_uring"]) {
         "async runtime (monoio)"
     } else if has(&["hdrhistogram"]) {
@@ -225,6 +234,18 @@ fn report(perf: &Path, data: &Path, sort: &str, limit: &str) -> Result<String, S
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Rebuilds a profile's tables from a kept full report (`profile-*.txt`).
+pub fn from_text(target: &str, scenario: &str, objects: Vec<Entry>, text: &str) -> Profile {
+    let all = parse_report(text);
+    Profile {
+        target: target.to_owned(),
+        scenario: scenario.to_owned(),
+        objects,
+        categories: categories(&all),
+        symbols: all.into_iter().filter(|e| e.percent >= 0.2).collect(),
+    }
+}
+
 /// Reads a recorded profile; the full symbol report is kept next to it.
 pub fn read(
     perf: &Path,
@@ -236,14 +257,12 @@ pub fn read(
     let objects = report(perf, data, "dso", "0.5")?;
     let symbols = report(perf, data, "dso,sym", "0")?;
     let _ = std::fs::write(text_out, &symbols);
-    let all = parse_report(&symbols);
-    Ok(Profile {
-        target: target.to_owned(),
-        scenario: scenario.to_owned(),
-        objects: parse_report(&objects),
-        categories: categories(&all),
-        symbols: all.into_iter().filter(|e| e.percent >= 0.2).collect(),
-    })
+    Ok(from_text(
+        target,
+        scenario,
+        parse_report(&objects),
+        &symbols,
+    ))
 }
 
 #[cfg(test)]

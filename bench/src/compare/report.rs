@@ -14,6 +14,27 @@ use crate::load::Dist;
 use crate::report::plot::{self, LoadSeries};
 use crate::report::{count, ratio, us};
 
+/// A hand-written reading of a run, included in its report when present.
+pub const ANALYSIS: &str = "analysis.md";
+
+/// Redraws a comparison's report and plots from its `results.json`,
+/// rebuilding the profile tables from the kept `profile-*.txt` reports.
+pub fn rerender(dir: &Path) -> Result<PathBuf, String> {
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut r: Results =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for p in &mut r.profiles {
+        let txt = dir.join(format!("profile-{}-{}.txt", p.target, p.scenario));
+        if let Ok(t) = std::fs::read_to_string(&txt) {
+            *p = super::profile::from_text(&p.target, &p.scenario, p.objects.clone(), &t);
+        }
+    }
+    let json = serde_json::to_string_pretty(&r).map_err(|e| format!("results.json: {e}"))?;
+    std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    write(&r, dir)
+}
+
 /// Marks a figure measured while other processes used the CPU.
 const NOISY: &str = " ⚠";
 
@@ -797,6 +818,12 @@ pub fn write(r: &Results, dir: &Path) -> Result<PathBuf, String> {
         s.noise_limit_pct
     );
     goals(r, &mut out);
+    // A reading of the run written by hand, kept next to the report so
+    // that re-rendering keeps it.
+    if let Ok(text) = std::fs::read_to_string(dir.join(ANALYSIS)) {
+        out.push_str(text.trim_end());
+        out.push_str("\n\n");
+    }
     if !drawn.is_empty() {
         let _ = writeln!(out, "## Plots\n");
         for (file, caption) in &drawn {
