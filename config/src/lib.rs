@@ -25,6 +25,7 @@ mod cluster;
 mod ebpf;
 mod error;
 mod failover;
+mod features;
 mod health;
 mod quota;
 mod raw;
@@ -47,6 +48,7 @@ pub use base_url::BaseUrl;
 pub use cluster::{Cluster, RedisUrl};
 pub use ebpf::{Ebpf, RejectAction, XdpMode};
 pub use error::{ConfigError, ConfigErrors};
+pub use features::Features;
 pub use failover::{FallbackOn, KeySelection, Retry, StatusMatch, Target, UpstreamKey};
 pub use health::{ActiveCheck, Health};
 pub use ipnet::IpNet;
@@ -83,6 +85,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// Kernel early rejection (XDP).
     pub ebpf: Ebpf,
+    /// Which policy stages run on every request.
+    pub features: Features,
     /// Non-fatal findings, each "path: message", for the caller to log.
     pub warnings: Vec<String>,
 }

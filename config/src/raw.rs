@@ -54,6 +54,9 @@ pub(crate) struct RawConfig {
     /// `[retry]`: how often and how fast a failed request is tried again.
     #[serde(default)]
     pub retry: RawRetry,
+    /// `[features]`: which policy stages run.
+    #[serde(default)]
+    pub features: crate::features::RawFeatures,
 }
 
 /// One `[[listeners]]` entry.

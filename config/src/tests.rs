@@ -2896,3 +2896,70 @@ fn routing_example_matches_its_description() {
         ["consumers[0].keys[0]: plain-text key; store its sha256 instead"]
     );
 }
+
+#[test]
+fn features_default_on_and_switch_off() {
+    let config = ok(MINIMAL);
+    assert_eq!(config.features, crate::Features::default());
+    assert!(config.features.auth && config.features.accounting && config.features.audit);
+    assert_eq!(
+        config.quota.state_path,
+        Some(PathBuf::from("sluice-quota.redb"))
+    );
+
+    let off = ok(&format!(
+        "{MINIMAL}\n[features]\nauth = false\naccounting = false\naudit = false\n\
+         [quota]\ndefault_max_tokens = 1000\n"
+    ));
+    assert!(!off.features.auth && !off.features.accounting && !off.features.audit);
+    // A node that counts nothing opens no quota store.
+    assert_eq!(off.quota.state_path, None);
+    assert_eq!(off.quota.default_max_tokens, 1000);
+
+    let e = errors(&format!("{MINIMAL}\n[features]\nproxy = false\n"));
+    assert!(e.0[0].message.contains("unknown field"), "\n{e}");
+}
+
+#[test]
+fn switched_off_features_refuse_what_they_would_disarm() {
+    let e = errors(&format!(
+        "{MINIMAL}\n\
+         [[consumers]]\nname = \"a\"\nkeys = [{{ plain = \"sk-a\" }}]\nbalance = 10\n\
+         limits = {{ tokens_per_minute = 5 }}\n\
+         model_limits = {{ \"gpt-4o-mini\" = {{ requests_per_second = 1 }} }}\n\
+         [features]\nauth = false\naccounting = false\naudit = false\n\
+         [audit]\npath = \"a.jsonl\"\nflush_interval_ms = 10\n\
+         [quota]\nstate_path = \"q.redb\"\n\
+         [quota.defaults]\nrequests_per_second = 5\n\
+         [cluster]\nredis = \"redis://127.0.0.1:6379\"\n\
+         [ebpf]\nenabled = true\nattach = false\n"
+    ));
+    assert_eq!(
+        e.paths(),
+        [
+            "features.auth",
+            "quota.defaults",
+            "quota.state_path",
+            "cluster",
+            "ebpf.enabled",
+            "consumers[0].limits",
+            "consumers[0].model_limits",
+            "consumers[0].balance",
+            "ebpf.enabled",
+            "audit.path",
+            "audit.flush_interval_ms",
+        ],
+        "\n{e}"
+    );
+    assert!(e.0[0].message.contains("anyone could call"), "\n{e}");
+    assert!(e.0[1].message.contains("features.accounting = false"), "\n{e}");
+    assert!(e.0[8].message.contains("features.auth = false"), "\n{e}");
+    assert!(e.0[9].message.contains("features.audit = false"), "\n{e}");
+
+    // A price means nothing when nothing is counted.
+    let e = errors(&format!(
+        "{MINIMAL}price = {{ input_per_million = 1.0, output_per_million = 2.0 }}\n\
+         [features]\naccounting = false\n"
+    ));
+    assert_eq!(e.paths(), ["models[0].price"], "\n{e}");
+}

@@ -105,9 +105,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         Some(cluster) => v.cluster(cluster).map(Some),
     };
     v.admin_token_unused(&raw.admin, admin.as_ref(), &consumers);
-    let mut ebpf_errors = Vec::new();
-    let ebpf = crate::ebpf::validate(&raw.ebpf, &mut ebpf_errors);
-    for (path, message) in ebpf_errors {
+    let mut section_errors = Vec::new();
+    let ebpf = crate::ebpf::validate(&raw.ebpf, &mut section_errors);
+    let features = crate::features::validate(&raw, &mut section_errors);
+    for (path, message) in section_errors {
         v.error(path, message);
     }
 
@@ -133,9 +134,14 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             retry,
             consumers: consumers.into_iter().flatten().collect(),
             audit,
-            quota,
+            // A node that counts nothing keeps no quota store.
+            quota: Quota {
+                state_path: quota.state_path.filter(|_| features.accounting),
+                ..quota
+            },
             cluster,
             ebpf,
+            features,
             warnings: v.warnings,
         }),
         // Unreachable by the invariant above; kept as an error, not a panic.

@@ -296,43 +296,75 @@ pub trait Filter {
     fn on_done(&self, _ctx: &mut RequestCtx) {}
 }
 
-/// The stages, in the order they run.
+/// The stages, in the order they run. A stage switched off in `[features]`
+/// is `None` and costs nothing: route always runs; admission runs only with
+/// accounting, since it reserves what accounting later settles.
 pub struct Chain {
-    pub auth: Auth,
+    pub auth: Option<Auth>,
     pub route: Route,
-    pub admission: Admission,
-    pub accounting: Accounting,
+    pub admission: Option<Admission>,
+    pub accounting: Option<Accounting>,
 }
 
 impl Chain {
     pub fn new(config: &Arc<Config>, engine: Arc<Engine>, kernel: Option<Rc<Kernel>>) -> Self {
+        let on = config.features;
         Chain {
-            auth: Auth::new(config, kernel.clone()),
+            auth: on.auth.then(|| Auth::new(config, kernel.clone())),
             route: Route::new(config.clone()),
-            admission: Admission::new(config.clone(), engine, kernel),
-            accounting: Accounting::new(config.clone()),
+            admission: on
+                .accounting
+                .then(|| Admission::new(config.clone(), engine, kernel)),
+            accounting: on.accounting.then(|| Accounting::new(config.clone())),
         }
     }
 
     pub async fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request) -> Result<(), Error> {
-        self.auth.on_request(ctx, req).await?;
+        if let Some(auth) = &self.auth {
+            auth.on_request(ctx, req).await?;
+        }
         self.route.on_request(ctx, req).await?;
-        self.admission.on_request(ctx, req).await?;
-        self.accounting.on_request(ctx, req).await
+        if let Some(admission) = &self.admission {
+            admission.on_request(ctx, req).await?;
+        }
+        if let Some(accounting) = &self.accounting {
+            accounting.on_request(ctx, req).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether any stage looks at upstream events; when none does (and
+    /// nothing needs translating) a stream is relayed byte for byte.
+    pub fn sees_events(&self) -> bool {
+        self.accounting.is_some()
     }
 
     pub fn on_event(&self, ctx: &mut RequestCtx, data: &[u8]) -> Verdict {
         // Only accounting looks at events today; a stage that may hold an
         // event back joins here and the verdicts combine (any Drop wins).
-        self.accounting.on_event(ctx, data)
+        match &self.accounting {
+            Some(accounting) => accounting.on_event(ctx, data),
+            None => Verdict::Forward,
+        }
     }
 
     /// In reverse order, like unwinding: accounting settles the usage and
     /// cost first, then admission settles the reservation with them.
     pub fn on_done(&self, ctx: &mut RequestCtx) {
-        self.accounting.on_done(ctx);
-        self.admission.on_done(ctx);
+        if let Some(accounting) = &self.accounting {
+            accounting.on_done(ctx);
+        }
+        if let Some(admission) = &self.admission {
+            admission.on_done(ctx);
+        }
         self.route.on_done(ctx);
-        self.auth.on_done(ctx);
+        if let Some(auth) = &self.auth {
+            auth.on_done(ctx);
+        }
+    }
+
+    /// The cluster client, when this node shares quota through Redis.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.admission.as_ref()?.cluster.as_ref()
     }
 }

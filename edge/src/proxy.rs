@@ -675,6 +675,7 @@ where
     let mut reader = BodyReader::new(response.head.body);
     let mut splitter = SseSplitter::new();
     let mut translator = StreamTranslator::for_request(ctx);
+    let raw = translator.is_none() && !core.chain.sees_events();
     let mut translated = Vec::new();
     let mut plain = Vec::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(8 * 1024);
@@ -702,6 +703,11 @@ where
                 true
             }
         };
+        if raw {
+            // Nothing looks at events: pass the bytes on as they came.
+            http::encode_chunk(&plain, &mut out);
+            plain.clear();
+        }
         splitter.push(&plain);
         plain.clear();
         if done {

@@ -98,9 +98,12 @@ impl Route {
                 ),
             ));
         }
-        // Only OpenAI-shaped chat and completions streams need asking for usage.
-        let force_usage =
-            ctx.stream && ctx.upstream_wire == Wire::OpenAi && endpoint != Endpoint::Embeddings;
+        // Only OpenAI-shaped chat and completions streams need asking for
+        // usage, and only when something counts it.
+        let force_usage = self.config.features.accounting
+            && ctx.stream
+            && ctx.upstream_wire == Wire::OpenAi
+            && endpoint != Endpoint::Embeddings;
         let translated = match (ctx.client_wire, ctx.upstream_wire) {
             (Wire::OpenAi, Wire::Anthropic) => Some(translate::openai_to_anthropic(
                 &ctx.client_body,

@@ -222,7 +222,7 @@ fn worker_main(
                 task.await;
             }
             worker::drain(&core).await;
-            if let (0, Some(cluster)) = (id, &core.chain.admission.cluster) {
+            if let (0, Some(cluster)) = (id, core.chain.cluster()) {
                 // What this node still holds goes back to the cluster.
                 if let Err(e) = cluster.give_back(true).await {
                     log::warn(&format!("cluster: leases not handed back at shutdown: {e}"));
@@ -231,7 +231,9 @@ fn worker_main(
         }
     });
     drop(rt);
-    core.audit.flush();
+    if let Some(audit) = &core.audit {
+        audit.flush();
+    }
 }
 
 /// Start sluice with `config`; returns when it has shut down.
@@ -245,7 +247,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .audit
         .path
         .parent()
-        .filter(|d| !d.as_os_str().is_empty())
+        .filter(|d| config.features.audit && !d.as_os_str().is_empty())
     {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("audit.path: cannot create {}", dir.display()))?;
@@ -273,7 +275,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     // Build the configured models' tokenizers before serving, in parallel:
     // building one on first use would stall a core for ~130 ms.
+    // Without accounting nothing is ever counted: no tables at all.
     let mut encodings: Vec<_> = config.models.iter().map(|m| m.encoding).collect();
+    if !config.features.accounting {
+        encodings.clear();
+    }
     encodings.sort_by_key(|e| e.as_str());
     encodings.dedup();
     std::thread::scope(|s| {
@@ -321,11 +327,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let admin_audit = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&config.audit.path)
-        .with_context(|| format!("audit.path: cannot open {}", config.audit.path.display()))?;
+    let admin_audit = if config.features.audit {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&config.audit.path)
+                .with_context(|| {
+                    format!("audit.path: cannot open {}", config.audit.path.display())
+                })?,
+        )
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         metrics: (0..workers)
             .map(|_| Arc::new(CoreMetrics::default()))
@@ -340,7 +354,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         retry_budget: RetryBudget::new(config.retry.budget_ratio),
         capacity: config.providers.iter().map(Capacity::new).collect(),
         endpoints: config.providers.iter().map(Endpoints::new).collect(),
-        admin_audit: Mutex::new(Some(admin_audit)),
+        admin_audit: Mutex::new(admin_audit),
         upstream_tls,
         listener_tls,
         nonce,

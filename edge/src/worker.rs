@@ -37,7 +37,8 @@ pub struct Core {
     pub chain: Chain,
     pub upstreams: Vec<Upstream>,
     pub metrics: Arc<CoreMetrics>,
-    pub audit: AuditLog,
+    /// The audit buffer; `None` with `features.audit = false`.
+    pub audit: Option<AuditLog>,
     /// Requests between head received and audit record written.
     pub in_flight: Cell<usize>,
     seq: Cell<u64>,
@@ -62,12 +63,15 @@ impl Core {
         } else {
             None
         };
-        let audit = AuditLog::open(&config.audit.path).map_err(|e| {
-            format!(
-                "audit.path: cannot open {}: {e}",
-                config.audit.path.display()
-            )
-        })?;
+        let audit = match config.features.audit {
+            true => Some(AuditLog::open(&config.audit.path).map_err(|e| {
+                format!(
+                    "audit.path: cannot open {}: {e}",
+                    config.audit.path.display()
+                )
+            })?),
+            false => None,
+        };
         Ok(Core {
             id,
             chain: Chain::new(&config, shared.engine.clone(), kernel),
@@ -106,7 +110,9 @@ impl Core {
     pub fn finish(&self, ctx: &mut RequestCtx) {
         self.settle(ctx);
         self.metrics.record(ctx);
-        self.audit.record(&self.config, ctx);
+        if let Some(audit) = &self.audit {
+            audit.record(&self.config, ctx);
+        }
     }
 
     /// Run the chain's `on_done` (usage, cost, quota settlement) once. The
@@ -257,7 +263,7 @@ pub async fn drain(core: &Core) {
 /// Cluster mode, core 0: hand lapsed leases back to Redis; while Redis is
 /// unreachable, ping it every second and switch back when it answers.
 pub async fn cluster_upkeep(core: Rc<Core>) {
-    let Some(cluster) = &core.chain.admission.cluster else {
+    let Some(cluster) = core.chain.cluster() else {
         return;
     };
     let engine = &core.shared.engine;
@@ -336,9 +342,12 @@ pub async fn health_checks(core: Rc<Core>) {
 
 /// Flush the audit buffer on the configured interval.
 pub async fn audit_flusher(core: Rc<Core>) {
+    let Some(audit) = &core.audit else {
+        return;
+    };
     loop {
         monoio::time::sleep(core.config.audit.flush_interval).await;
-        core.audit.flush();
+        audit.flush();
     }
 }
 

@@ -1145,3 +1145,64 @@ fn models_endpoint_lists_what_the_consumer_may_use() {
         "/v1/models is answered by sluice"
     );
 }
+
+// [features] -------------------------------------------------------------------
+
+#[test]
+fn passthrough_relays_without_auth_accounting_or_audit() {
+    let mock = mock();
+    let mut setup = Setup::new(&mock);
+    setup.passthrough = true;
+    let gw = Gateway::start(&setup);
+
+    // No key needed; the provider's answer (and its usage) passes on, with
+    // no rate-limit headers since nothing is limited.
+    let r = gw.call(&chat_request(None, &[], &chat_body(MINI, false)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = mock.stats.last_request().unwrap().json();
+    assert_eq!(sent["model"], MINI_UPSTREAM, "the model is still mapped");
+    let prompt = mock::prompt_tokens_chat(MINI_UPSTREAM, &sent) as u64;
+    assert_eq!(r.json()["usage"]["prompt_tokens"], prompt, "{}", r.text());
+    assert_eq!(r.header("x-ratelimit-limit-requests"), None);
+
+    // A stream: usage is not asked for upstream, and the events arrive as
+    // the provider sent them.
+    let stream = |headers: &[(&str, &str)], body: &str| {
+        let mut c = gw.connect();
+        c.send(&chat_request(None, headers, body));
+        let head = c.read_stream_head();
+        assert_eq!(head.status, 200);
+        Events::new(c).rest()
+    };
+    let all = stream(&[("x-mock-chunks", "4")], &chat_body(MINI, true));
+    assert!(all.last().is_some_and(Event::is_done), "{all:#?}");
+    assert_eq!(contents(&all), mock::chat_content(4));
+    assert!(!all.iter().any(Event::is_usage_chunk), "{all:#?}");
+    let sent = mock.stats.last_request().unwrap().json();
+    assert!(sent.get("stream_options").is_none(), "{sent}");
+
+    // A client that asks for usage itself still gets the provider's chunk.
+    let mut body: Value = serde_json::from_str(&chat_body(MINI, true)).unwrap();
+    body["stream_options"] = json!({"include_usage": true});
+    let all = stream(&[("x-mock-chunks", "3")], &body.to_string());
+    let usage: Vec<&Event> = all.iter().filter(|e| e.is_usage_chunk()).collect();
+    assert_eq!(usage.len(), 1, "{all:#?}");
+    assert_eq!(usage[0].json()["usage"]["completion_tokens"], 3);
+
+    // Counted in metrics as anonymous, with no tokens; nothing written to
+    // disk: no audit log, no quota store.
+    let labels = [("model", MINI), ("consumer", "anonymous"), ("status", "200")];
+    gw.wait_metric("sluice_requests_total", &labels, 3.0);
+    let text = gw.metrics();
+    let counted = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_tokens_total{") && !l.ends_with(" 0"));
+    assert_eq!(counted.count(), 0, "{text}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let dir = gw.audit_path.parent().unwrap();
+    let files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["sluice.toml"], "sluice wrote files it should not");
+}

@@ -148,6 +148,8 @@ pub struct Setup {
     /// `""` for lines appended after everything (new tables such as
     /// `[quota.defaults]`). Empty by default; see `Setup::extra`.
     pub extra: Vec<(String, String)>,
+    /// `[features]` all off: no consumers, no audit, no quota store.
+    pub passthrough: bool,
 }
 
 /// The public name whose upstream name differs, to see the rewrite.
@@ -190,6 +192,7 @@ impl Setup {
             listener_tls: None,
             drain_timeout_ms: 10_000,
             extra: Vec::new(),
+            passthrough: false,
         }
     }
 
@@ -243,6 +246,14 @@ impl Setup {
             );
             s.push_str(&self.extra_for(&format!("models.{}", m.name)));
         }
+        if self.passthrough {
+            let _ = writeln!(
+                s,
+                "\n[features]\nauth = false\naccounting = false\naudit = false"
+            );
+            s.push_str(&self.extra_for(""));
+            return s;
+        }
         let _ = writeln!(
             s,
             "\n[[consumers]]\nname = \"alice\"\nkeys = [{{ id = \"alice-1\", plain = \"{ALICE}\" }}]"
@@ -294,9 +305,11 @@ impl Gateway {
     pub fn start_in(setup: &Setup, dir: TempDir) -> Self {
         let audit_path = dir.path().join("audit.jsonl");
         let config = dir.write("sluice.toml", &setup.toml(&audit_path));
+        // Run in the test's directory: whatever sluice writes lands there.
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("--config")
             .arg(&config)
+            .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
