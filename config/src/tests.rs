@@ -2952,7 +2952,10 @@ fn switched_off_features_refuse_what_they_would_disarm() {
         "\n{e}"
     );
     assert!(e.0[0].message.contains("anyone could call"), "\n{e}");
-    assert!(e.0[1].message.contains("features.accounting = false"), "\n{e}");
+    assert!(
+        e.0[1].message.contains("features.accounting = false"),
+        "\n{e}"
+    );
     assert!(e.0[8].message.contains("features.auth = false"), "\n{e}");
     assert!(e.0[9].message.contains("features.audit = false"), "\n{e}");
 

@@ -1191,7 +1191,11 @@ fn passthrough_relays_without_auth_accounting_or_audit() {
 
     // Counted in metrics as anonymous, with no tokens; nothing written to
     // disk: no audit log, no quota store.
-    let labels = [("model", MINI), ("consumer", "anonymous"), ("status", "200")];
+    let labels = [
+        ("model", MINI),
+        ("consumer", "anonymous"),
+        ("status", "200"),
+    ];
     gw.wait_metric("sluice_requests_total", &labels, 3.0);
     let text = gw.metrics();
     let counted = text

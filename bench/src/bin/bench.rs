@@ -152,7 +152,11 @@ struct CompareArgs {
     /// Only these scenarios (comma-separated ids: c1,max,rate-50,stream-64,idle,…).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
-    /// Built-in targets, in column order.
+    /// Built-in targets, in column order: direct, nginx, and the sluice
+    /// variants sluice-passthrough (every stage off), sluice-nolimits (auth +
+    /// accounting + audit), sluice (+ quota), sluice-redis (limits through a
+    /// redis-server started here), sluice-translate (OpenAI in, Anthropic
+    /// provider). With two or more variants the report prices each stage.
     #[arg(
         long,
         value_delimiter = ',',
@@ -364,7 +368,8 @@ fn compare_cmd(a: CompareArgs) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let repo = std::env::current_dir().unwrap_or_default();
     let options = compare::Options {
-        bin_dir: a.bin_dir,
+        // Absolute: the proxies run in the comparison's work directory.
+        bin_dir: std::path::absolute(&a.bin_dir).unwrap_or(a.bin_dir),
         out: a.out,
         repo,
         timing: Timing {

@@ -96,6 +96,9 @@ pub struct Phase {
     pub cpu_pct: Option<f64>,
     /// Target CPU per finished request (per stream for streams).
     pub cpu_us_per_request: Option<f64>,
+    /// The target's helper (redis-server) CPU per finished request.
+    #[serde(default)]
+    pub helper_cpu_us_per_request: Option<f64>,
     /// Load generator + mock, % of one core: near 100 × client CPUs means
     /// the client side, not the target, set the pace.
     pub client_pct: f64,
@@ -180,6 +183,7 @@ impl Bench {
         k.extend(self.spinners.iter().map(Proc::pid));
         for t in &self.targets {
             k.extend(&t.pids);
+            k.extend(t.helper_pid());
         }
         k
     }
@@ -202,6 +206,7 @@ impl Bench {
         let known = self.known();
         let snap0 = Snapshot::take(&self.watched_cpus, &known);
         let cpu0 = procs::tree_cpu_ns(&target.pids);
+        let helper0 = target.helper_pid().and_then(procs::cpu_ns);
         let client0 = self.client_cpu_ns();
         let progress = Progress::default();
         let done = AtomicBool::new(false);
@@ -242,6 +247,10 @@ impl Bench {
             .measurable()
             .then(|| procs::tree_cpu_ns(&target.pids).saturating_sub(cpu0));
         let client_ns = self.client_cpu_ns().saturating_sub(client0);
+        let helper_ns = helper0.and_then(|h0| {
+            let h1 = target.helper_pid().and_then(procs::cpu_ns)?;
+            Some(h1.saturating_sub(h0))
+        });
         let s = &outcome.summary;
         let per_unit = match (&s.idle, s.counts.all_completed) {
             (Some(idle), _) => idle.opened,
@@ -260,6 +269,9 @@ impl Bench {
             cpu_ms: cpu_ns.map(|n| round2(n as f64 / 1e6)),
             cpu_pct: cpu_ns.map(|n| round2(n as f64 / 1e9 / wall * 100.0)),
             cpu_us_per_request: cpu_ns
+                .filter(|_| per_unit > 0)
+                .map(|n| round2(n as f64 / 1e3 / per_unit as f64)),
+            helper_cpu_us_per_request: helper_ns
                 .filter(|_| per_unit > 0)
                 .map(|n| round2(n as f64 / 1e3 / per_unit as f64)),
             client_pct: round2(client_ns as f64 / 1e9 / wall * 100.0),
@@ -572,6 +584,7 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
         work: work.clone(),
         mock: mock_addr,
         proxy_cpus: o.proxy_cpus.clone(),
+        client_cpus: o.client_cpus.clone(),
         nginx: o.nginx.clone(),
         // Each idle stream holds a client and an upstream connection.
         connections: (o.set.idle_streams * 2 + 4096).max(8192),
@@ -581,9 +594,17 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
         let t = match name.as_str() {
             "direct" => Target::direct(mock_addr),
             "nginx" => Target::nginx(),
-            "sluice" => Target::sluice(false),
-            "sluice-passthrough" => Target::sluice(true),
-            other => return Err(format!("--targets: unknown target {other:?} (direct, nginx, sluice, sluice-passthrough; others with --target NAME=URL)")),
+            other => match targets::Variant::from_name(other) {
+                Some(v) => Target::sluice(v),
+                None => {
+                    let sluices: Vec<&str> =
+                        targets::Variant::ALL.iter().map(|v| v.name()).collect();
+                    return Err(format!(
+                        "--targets: unknown target {other:?} (direct, nginx, {}; others with --target NAME=URL)",
+                        sluices.join(", ")
+                    ));
+                }
+            },
         };
         list.push(t);
     }
@@ -704,7 +725,7 @@ pub fn run(o: Options, command: String) -> Result<PathBuf, String> {
                     .collect();
                 for t in 0..bench.targets.len() {
                     let kind = bench.targets[t].kind.clone();
-                    let is_sluice = matches!(kind, Kind::Sluice { .. });
+                    let is_sluice = matches!(kind, Kind::Sluice(_));
                     if !bench.targets[t].measurable() || !(is_sluice || kind == Kind::Nginx) {
                         continue;
                     }

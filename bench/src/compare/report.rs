@@ -143,6 +143,93 @@ fn opened(p: &Phase) -> Option<f64> {
     p.summary.idle.as_ref().map(|i| i.opened as f64)
 }
 
+/// Events a client received per stream (the mean over the phase).
+fn events_per_stream(p: &Phase) -> Option<f64> {
+    (p.summary.throughput_rps > 0.0).then(|| p.summary.events_per_s / p.summary.throughput_rps)
+}
+
+/// `## What each stage costs`: when the run has two or more sluice
+/// variants, their CPU per request and per streamed event side by side,
+/// each against the variant it adds one thing to.
+fn stage_costs(r: &Results, out: &mut String) {
+    use super::targets::Variant;
+    let present: Vec<Variant> = Variant::ALL
+        .into_iter()
+        .filter(|v| r.targets.iter().any(|t| t.name == v.name()))
+        .collect();
+    if present.len() < 2 {
+        return;
+    }
+    let base = |v: Variant| -> Option<Variant> {
+        let b = match v {
+            Variant::Passthrough => return None,
+            Variant::NoLimits => Variant::Passthrough,
+            Variant::Limits => Variant::NoLimits,
+            Variant::Redis | Variant::Translate => Variant::Limits,
+        };
+        present.contains(&b).then_some(b)
+    };
+    let adds = |v: Variant| match v {
+        Variant::Passthrough => "a plain relay",
+        Variant::NoLimits => "auth, accounting (usage asked for, parsed, priced), audit",
+        Variant::Limits => "quota admission (tokenizer estimate, reservation) + settlement",
+        Variant::Redis => "the limits shared through Redis (leases)",
+        Variant::Translate => "OpenAI ⇄ Anthropic translation, both ways",
+    };
+    let cpu = |sc: &str, v: Variant| fig(r, sc, v.name(), |p| p.cpu_us_per_request);
+    let per_event = |v: Variant| -> (Option<f64>, bool) {
+        let (c, noisy) = cpu("stream-64", v);
+        let (e, _) = fig(r, "stream-64", v.name(), events_per_stream);
+        (
+            c.zip(e).filter(|(_, e)| *e > 0.0).map(|(c, e)| c / e),
+            noisy,
+        )
+    };
+    let delta = |x: (Option<f64>, bool), b: Option<(Option<f64>, bool)>| -> String {
+        match (x.0, b.and_then(|b| b.0)) {
+            (Some(x), Some(b)) => format!(" ({:+.2})", x - b),
+            _ => String::new(),
+        }
+    };
+    let _ = writeln!(
+        out,
+        "## What each stage costs\n\nsluice's CPU time per request and per streamed event in each \
+         variant; (±x) is the difference to the variant it adds one thing to. Per event = CPU per \
+         stream ÷ events the client received per stream.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| variant | adds | CPU µs/request at max | at concurrency 1 | CPU µs/stream (64 chunks) | CPU µs/event | helper CPU µs/request at max |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for &v in &present {
+        let b = base(v);
+        let show = |x: (Option<f64>, bool), bx: Option<(Option<f64>, bool)>| {
+            format!("{}{}", cell(x, show_cpu), delta(x, bx))
+        };
+        let max = show(cpu("max", v), b.map(|b| cpu("max", b)));
+        let c1 = show(cpu("c1", v), b.map(|b| cpu("c1", b)));
+        let stream = show(cpu("stream-64", v), b.map(|b| cpu("stream-64", b)));
+        let ev = per_event(v);
+        let ev = format!(
+            "{}{}",
+            cell(ev, |x| format!("{x:.2}")),
+            delta(ev, b.map(per_event))
+        );
+        let helper = cell(
+            fig(r, "max", v.name(), |p| p.helper_cpu_us_per_request),
+            show_cpu,
+        );
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {max} | {c1} | {stream} | {ev} | {helper} |",
+            v.name(),
+            adds(v)
+        );
+    }
+    out.push('\n');
+}
+
 fn show_us(x: f64) -> String {
     us(x)
 }
@@ -818,6 +905,7 @@ pub fn write(r: &Results, dir: &Path) -> Result<PathBuf, String> {
         s.noise_limit_pct
     );
     goals(r, &mut out);
+    stage_costs(r, &mut out);
     // A reading of the run written by hand, kept next to the report so
     // that re-rendering keeps it.
     if let Ok(text) = std::fs::read_to_string(dir.join(ANALYSIS)) {
@@ -941,6 +1029,7 @@ mod tests {
             cpu_ms: cpu.map(|c| c * 5.0),
             cpu_pct: cpu.map(|_| 50.0),
             cpu_us_per_request: cpu,
+            helper_cpu_us_per_request: None,
             client_pct: 90.0,
             rss_kb: Some(4096),
             memory: idle.then_some(IdleMemory {
@@ -1038,6 +1127,82 @@ mod tests {
         assert!(md.contains("sluice-passthrough` skipped"), "{md}");
         assert!(dir.join("latency-c1.svg").is_file());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stage_costs_compare_each_variant_with_the_one_it_extends() {
+        let names = [
+            "sluice-passthrough",
+            "sluice-nolimits",
+            "sluice",
+            "sluice-translate",
+        ];
+        let mut phases = Vec::new();
+        for (i, t) in names.iter().enumerate() {
+            phases.push(phase("max", t, 100.0, Some(20.0 + 2.0 * i as f64)));
+            let mut st = phase("stream-64", t, 100.0, Some(100.0 + 10.0 * i as f64));
+            st.summary.throughput_rps = 100.0;
+            st.summary.events_per_s = 6600.0;
+            phases.push(st);
+        }
+        let r = Results {
+            machine: Default::default(),
+            settings: Settings {
+                warmup_s: 1.0,
+                duration_s: 5.0,
+                idle_hold_s: 3.0,
+                repeat: 1,
+                client_cpus: vec![0],
+                proxy_cpus: vec![1],
+                sluice_workers: 1,
+                noise_limit_pct: 3.0,
+                keep_awake: false,
+                command: String::new(),
+            },
+            targets: names
+                .iter()
+                .map(|t| TargetInfo {
+                    name: (*t).into(),
+                    label: (*t).into(),
+                    url: String::new(),
+                    measured: true,
+                })
+                .collect(),
+            notes: Vec::new(),
+            scenarios: Vec::new(),
+            phases,
+            profiles: Vec::new(),
+            elapsed_s: 1.0,
+        };
+        let mut out = String::new();
+        stage_costs(&r, &mut out);
+        // Passthrough has no base; nolimits is +2 over it; sluice +2 over
+        // nolimits; translate is measured against sluice (+2), not nolimits.
+        assert!(
+            out.contains(
+                "| `sluice-passthrough` | a plain relay | 20.0 µs | – | 100.0 µs | 1.52 | – |"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("| `sluice-nolimits` |"), "{out}");
+        assert!(out.contains("22.0 µs (+2.00)"), "{out}");
+        let translate = out
+            .lines()
+            .find(|l| l.contains("`sluice-translate`"))
+            .unwrap();
+        assert!(translate.contains("26.0 µs (+2.00)"), "{translate}");
+        assert!(translate.contains("130.0 µs (+10.00)"), "{translate}");
+        // 130 µs over 66 events = 1.97 µs, 0.15 more than sluice's 1.82.
+        assert!(translate.contains("1.97 (+0.15)"), "{translate}");
+
+        // One variant alone: no section.
+        let mut one = String::new();
+        let r = Results {
+            targets: r.targets.into_iter().take(1).collect(),
+            ..r
+        };
+        stage_costs(&r, &mut one);
+        assert!(one.is_empty(), "{one}");
     }
 
     #[test]

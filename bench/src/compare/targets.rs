@@ -3,14 +3,19 @@
 //! - `direct`: the client talks to the mock upstream itself; every other
 //!   target is measured against it.
 //! - `nginx`: a plain reverse proxy (`bench/conf/nginx.conf`).
-//! - `sluice`: auth + accounting + quota on (`bench/conf/sluice.toml`).
-//! - `sluice-passthrough`: every policy stage off
-//!   (`bench/conf/sluice-passthrough.toml` appended), run only when the
-//!   sluice binary accepts that config.
+//! - sluice in five [`Variant`]s, from `bench/conf/sluice.toml` plus the
+//!   variant's fragments: `sluice-passthrough` (every stage off),
+//!   `sluice-nolimits` (auth + accounting + audit), `sluice` (+ quota
+//!   admission and settlement), `sluice-redis` (limits shared through a
+//!   redis-server the comparison starts), `sluice-translate` (like `sluice`,
+//!   the provider speaking Anthropic's API). Side by side they price each
+//!   stage.
 //! - any extra target given by URL, pointed by its owner at the mock.
 //!
 //! The proxies are started here pinned to the proxy CPUs; their process
-//! trees are what CPU time and RSS are read from.
+//! trees are what CPU time and RSS are read from. A target's helper process
+//! (redis-server) runs on the client CPUs — it stands for a shared service
+//! elsewhere — and its CPU is reported beside the target's, not in it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,9 @@ use super::procs::{self, Proc};
 pub const NGINX_CONF: &str = include_str!("../../conf/nginx.conf");
 pub const SLUICE_CONF: &str = include_str!("../../conf/sluice.toml");
 pub const PASSTHROUGH_CONF: &str = include_str!("../../conf/sluice-passthrough.toml");
+pub const GATEWAY_CONF: &str = include_str!("../../conf/sluice-gateway.toml");
+pub const LIMITS_CONF: &str = include_str!("../../conf/sluice-limits.toml");
+pub const REDIS_CONF: &str = include_str!("../../conf/sluice-redis.toml");
 
 /// The key the mock expects; direct and nginx clients send it.
 pub const MOCK_KEY: &str = "mock-key";
@@ -34,8 +42,88 @@ pub const MODEL: &str = "gpt-4o-mini";
 pub enum Kind {
     Direct,
     Nginx,
-    Sluice { passthrough: bool },
+    Sluice(Variant),
     External,
+}
+
+/// What a sluice target runs: each variant adds one thing to the one
+/// before it (translate adds it to `Limits`), so the differences between
+/// their columns are what each thing costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Passthrough,
+    NoLimits,
+    Limits,
+    Redis,
+    Translate,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 5] = [
+        Variant::Passthrough,
+        Variant::NoLimits,
+        Variant::Limits,
+        Variant::Redis,
+        Variant::Translate,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Passthrough => "sluice-passthrough",
+            Variant::NoLimits => "sluice-nolimits",
+            Variant::Limits => "sluice",
+            Variant::Redis => "sluice-redis",
+            Variant::Translate => "sluice-translate",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Variant> {
+        Variant::ALL.into_iter().find(|v| v.name() == name)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Passthrough => "sluice, every policy stage off (1 worker)",
+            Variant::NoLimits => "sluice, auth + accounting + audit, no limits (1 worker)",
+            Variant::Limits => "sluice, auth + accounting + quota + audit on (1 worker)",
+            Variant::Redis => {
+                "sluice, as `sluice` with the limits shared through Redis (1 worker; redis-server on the client CPU)"
+            }
+            Variant::Translate => {
+                "sluice, as `sluice` with OpenAI requests translated to an Anthropic provider (1 worker)"
+            }
+        }
+    }
+
+    /// The fragments appended to `sluice.toml`, in order.
+    fn fragments(self) -> &'static [&'static str] {
+        match self {
+            Variant::Passthrough => &[PASSTHROUGH_CONF],
+            Variant::NoLimits => &[GATEWAY_CONF],
+            Variant::Limits | Variant::Translate => &[GATEWAY_CONF, LIMITS_CONF],
+            Variant::Redis => &[GATEWAY_CONF, LIMITS_CONF, REDIS_CONF],
+        }
+    }
+
+    /// The whole config, placeholders but the comparison's own filled in.
+    pub fn config(self) -> String {
+        let kind = match self {
+            Variant::Translate => "anthropic",
+            _ => "openai",
+        };
+        let price = match self {
+            Variant::Passthrough => "",
+            _ => "price = { input_per_million = 0.15, output_per_million = 0.60 }",
+        };
+        let mut conf = SLUICE_CONF
+            .replace("@KIND@", kind)
+            .replace("@PRICE@", price);
+        for f in self.fragments() {
+            conf.push('\n');
+            conf.push_str(f);
+        }
+        conf
+    }
 }
 
 /// An extra target given on the command line: `NAME=URL[,key=K][,pid=P]`.
@@ -86,6 +174,8 @@ pub struct Env {
     pub work: PathBuf,
     pub mock: SocketAddr,
     pub proxy_cpus: Vec<usize>,
+    /// Where helpers (redis-server) run: beside the load generator.
+    pub client_cpus: Vec<usize>,
     pub nginx: PathBuf,
     /// Connections a proxy must be able to hold at once.
     pub connections: usize,
@@ -105,6 +195,8 @@ pub struct Target {
     /// Process tree measured for CPU and RSS (empty for direct).
     pub pids: Vec<u32>,
     config: Option<PathBuf>,
+    /// A service the target needs (redis-server), measured apart.
+    helper: Option<Proc>,
 }
 
 impl Target {
@@ -119,6 +211,7 @@ impl Target {
             external_pid: None,
             pids: Vec::new(),
             config: None,
+            helper: None,
         }
     }
 
@@ -133,31 +226,25 @@ impl Target {
             external_pid: None,
             pids: Vec::new(),
             config: None,
+            helper: None,
         }
     }
 
-    pub fn sluice(passthrough: bool) -> Target {
-        let (name, label) = if passthrough {
-            (
-                "sluice-passthrough",
-                "sluice, every policy stage off (1 worker)",
-            )
-        } else {
-            (
-                "sluice",
-                "sluice, auth + accounting + quota + audit on (1 worker)",
-            )
-        };
+    pub fn sluice(variant: Variant) -> Target {
         Target {
-            name: name.into(),
-            label: label.into(),
-            kind: Kind::Sluice { passthrough },
+            name: variant.name().into(),
+            label: variant.label().into(),
+            kind: Kind::Sluice(variant),
             url: String::new(),
-            key: SLUICE_KEY.into(),
+            key: match variant {
+                Variant::Passthrough => MOCK_KEY.into(),
+                _ => SLUICE_KEY.into(),
+            },
             proc: None,
             external_pid: None,
             pids: Vec::new(),
             config: None,
+            helper: None,
         }
     }
 
@@ -172,6 +259,7 @@ impl Target {
             external_pid: e.pid,
             pids: e.pid.map(procs::tree).unwrap_or_default(),
             config: None,
+            helper: None,
         }
     }
 
@@ -209,7 +297,7 @@ impl Target {
                 self.config = Some(path);
                 Ok(())
             }
-            Kind::Sluice { passthrough } => {
+            Kind::Sluice(variant) => {
                 let bin = env.bin_dir.join("sluice");
                 if !bin.is_file() {
                     return Err(format!(
@@ -217,14 +305,16 @@ impl Target {
                         bin.display()
                     ));
                 }
-                let mut conf = SLUICE_CONF
+                let mut conf = variant
+                    .config()
                     .replace("@MOCK@", &env.mock.to_string())
                     .replace("@WORK@", &env.work.display().to_string())
                     .replace("@NAME@", &self.name)
                     .replace("@WORKERS@", &workers.to_string());
-                if passthrough {
-                    conf.push('\n');
-                    conf.push_str(PASSTHROUGH_CONF);
+                if variant == Variant::Redis {
+                    let redis = start_redis(env)?;
+                    conf = conf.replace("@REDIS@", &redis.1.to_string());
+                    self.helper = Some(redis.0);
                 }
                 let path = env.work.join(format!("{}.toml", self.name));
                 std::fs::write(&path, conf).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -235,20 +325,21 @@ impl Target {
                     .map_err(|e| format!("{}: {e}", bin.display()))?;
                 if !out.status.success() {
                     let why = String::from_utf8_lossy(&out.stderr);
-                    let why = why.trim();
-                    return Err(if passthrough {
-                        format!(
-                            "this sluice has no pass-through switch yet (check-config refused \
-                             `[features] auth/accounting/audit = false`: {why})"
-                        )
-                    } else {
-                        format!("sluice check-config refused {}: {why}", path.display())
-                    });
+                    return Err(format!(
+                        "sluice check-config refused {}: {}",
+                        path.display(),
+                        why.trim()
+                    ));
                 }
                 self.config = Some(path);
                 Ok(())
             }
         }
+    }
+
+    /// The helper's pid (redis-server), when the target has one.
+    pub fn helper_pid(&self) -> Option<u32> {
+        self.helper.as_ref().map(Proc::pid)
     }
 
     /// Starts the process (a no-op for direct and external targets).
@@ -278,7 +369,7 @@ impl Target {
                 // The worker forks after the master starts listening.
                 std::thread::sleep(Duration::from_millis(200));
             }
-            Kind::Sluice { .. } => {
+            Kind::Sluice(_) => {
                 let mut cmd = Command::new(env.bin_dir.join("sluice"));
                 cmd.arg("--config").arg(&config).current_dir(&env.work);
                 let proc = Proc::start(
@@ -335,6 +426,31 @@ impl Target {
     }
 }
 
+/// A throwaway redis-server on the client CPUs (no persistence), for the
+/// `sluice-redis` target; with its address.
+fn start_redis(env: &Env) -> Result<(Proc, SocketAddr), String> {
+    let port = procs::free_port().map_err(|e| format!("redis: no free port: {e}"))?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--port", &port.to_string()])
+        .current_dir(&env.work);
+    let log = env.work.join("redis.log");
+    let proc = Proc::start(
+        "redis-server",
+        cmd,
+        &env.client_cpus,
+        &log,
+        &[],
+        Duration::ZERO,
+    )
+    .map_err(|e| format!("{e} (apt-get install redis-server)"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if !procs::wait_listening(addr, Duration::from_secs(10)) {
+        return Err(format!("redis-server did not listen on {addr}"));
+    }
+    Ok((proc, addr))
+}
+
 fn url_addr(url: &str) -> Result<SocketAddr, String> {
     let rest = url.trim_start_matches("http://");
     let authority = rest.split('/').next().unwrap_or_default();
@@ -387,13 +503,49 @@ mod tests {
     }
 
     #[test]
+    fn every_variant_config_is_valid_and_means_what_it_says() {
+        for v in Variant::ALL {
+            let conf = v
+                .config()
+                .replace("@MOCK@", "127.0.0.1:9000")
+                .replace("@WORK@", "/tmp/w")
+                .replace("@NAME@", v.name())
+                .replace("@WORKERS@", "1")
+                .replace("@REDIS@", "127.0.0.1:6379");
+            let c = sluice_config::Config::from_toml_str(&conf)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{conf}", v.name()));
+            let f = c.features;
+            let limited = c.consumers.iter().any(|k| k.limits != Default::default());
+            match v {
+                Variant::Passthrough => {
+                    assert!(!f.auth && !f.accounting && !f.audit);
+                    assert!(c.consumers.is_empty());
+                }
+                Variant::NoLimits => assert!(f.auth && f.accounting && f.audit && !limited),
+                Variant::Limits | Variant::Translate => assert!(limited && c.cluster.is_none()),
+                Variant::Redis => assert!(limited && c.cluster.is_some()),
+            }
+            assert_eq!(c.providers[0].kind.is_anthropic(), v == Variant::Translate);
+            assert_eq!(c.quota.state_path, None, "{}: no store writes", v.name());
+        }
+    }
+
+    #[test]
     fn templates_have_their_placeholders() {
         for p in ["@PORT@", "@MOCK@", "@WORK@", "@CONNECTIONS@"] {
             assert!(NGINX_CONF.contains(p), "nginx.conf lacks {p}");
         }
-        for p in ["@MOCK@", "@WORK@", "@NAME@", "@WORKERS@"] {
+        for p in [
+            "@MOCK@",
+            "@WORK@",
+            "@NAME@",
+            "@WORKERS@",
+            "@KIND@",
+            "@PRICE@",
+        ] {
             assert!(SLUICE_CONF.contains(p), "sluice.toml lacks {p}");
         }
+        assert!(GATEWAY_CONF.contains("@NAME@") && REDIS_CONF.contains("@REDIS@"));
         assert!(NGINX_CONF.contains("proxy_buffering off;"));
     }
 }
