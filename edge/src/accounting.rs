@@ -10,6 +10,11 @@
 //! over and the provider reported nothing (it omits usage, or the client
 //! went away first), `on_done` counts prompt and generated text with the
 //! model's tokenizer and marks the usage estimated.
+//!
+//! Most events of an OpenAI-shaped stream are content chunks that carry no
+//! usage: for those a byte scan (no usage object, so only the `content`
+//! strings matter) takes the text without building a tape; an event with a
+//! `usage` object, or any other shape, gets the full parse.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use simd_json::prelude::*;
 use simd_json::tape::{Tape, Value};
 use sluice_config::Config;
 
-use crate::filter::{Filter, RequestCtx, UsageSource, Verdict};
+use crate::filter::{Filter, RequestCtx, UsageSource, Verdict, Wire};
 use crate::{sse, tokens};
 
 /// Per-core parse buffers, reused for every event.
@@ -134,9 +139,78 @@ fn read_event(v: Value<'_, '_>, text: &mut String) -> Seen {
     seen
 }
 
+/// Whether `data` holds a `"usage"` key whose value is an object (not
+/// `null`). A false positive only costs the full parse; there are no false
+/// negatives, since a key's quotes cannot occur unescaped inside a string.
+fn has_usage_object(data: &[u8]) -> bool {
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let rest = skip_ws(&data[at + 7..]);
+        rest.first() == Some(&b':') && skip_ws(&rest[1..]).first() == Some(&b'{')
+    })
+}
+
+fn skip_ws(b: &[u8]) -> &[u8] {
+    let n = b
+        .iter()
+        .take_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+        .count();
+    &b[n..]
+}
+
+/// The JSON string literal at the start of `b` (quotes included): up to
+/// the first quote no backslash escapes.
+fn string_literal(b: &[u8]) -> Option<&[u8]> {
+    let mut i = 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(&b[..=i]),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The fast path for an OpenAI chat chunk without usage: appends every
+/// `"content": "<string>"` value to `text`. `None` (and `text` untouched)
+/// when the event is not such a chunk (no `"delta"`) or a string does not
+/// decode, so the caller falls back to the full parse.
+fn scan_chunk_text(data: &[u8], text: &mut String) -> Option<()> {
+    memchr::memmem::find(data, b"\"delta\"")?;
+    let start = text.len();
+    let scanned = (|| {
+        for at in memchr::memmem::find_iter(data, b"\"content\"") {
+            let Some(rest) = skip_ws(&data[at + 9..]).strip_prefix(b":") else {
+                continue; // a string value that reads "content"
+            };
+            let rest = skip_ws(rest);
+            if rest.first() != Some(&b'"') {
+                continue; // null, or logprobs' array
+            }
+            let literal = string_literal(rest)?;
+            if memchr::memchr(b'\\', literal).is_none() {
+                text.push_str(std::str::from_utf8(&literal[1..literal.len() - 1]).ok()?);
+            } else {
+                text.push_str(&serde_json::from_slice::<String>(literal).ok()?);
+            }
+        }
+        Some(())
+    })();
+    if scanned.is_none() {
+        text.truncate(start);
+    }
+    scanned
+}
+
 impl Filter for Accounting {
     fn on_event(&self, ctx: &mut RequestCtx, data: &[u8]) -> Verdict {
         if sse::is_done(data) {
+            return Verdict::Forward;
+        }
+        if ctx.upstream_wire == Wire::OpenAi
+            && !has_usage_object(data)
+            && scan_chunk_text(data, &mut ctx.completion_text).is_some()
+        {
             return Verdict::Forward;
         }
         let mut scratch = self.scratch.borrow_mut();
@@ -189,5 +263,65 @@ impl Filter for Accounting {
             let u = ctx.usage;
             ctx.cost_micros = price.cost_micros(u.prompt, u.cached, u.completion);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text the full parse takes from an event.
+    fn parsed_text(data: &[u8]) -> String {
+        let mut copy = data.to_vec();
+        let mut text = String::new();
+        let mut buffers = simd_json::Buffers::new(256);
+        let mut tape = Tape::null().reset();
+        if simd_json::fill_tape(&mut copy, &mut buffers, &mut tape).is_ok() {
+            read_event(tape.as_value(), &mut text);
+        }
+        text
+    }
+
+    #[test]
+    fn the_scan_takes_the_same_text_as_the_parse() {
+        let chunks: [&[u8]; 8] = [
+            br#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}"#,
+            br#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}],"usage":null}"#,
+            br#"{"id":"c","choices":[{"index":0,"delta":{"content":"a \"quoted\" \\ line\nnext \u00e9\ud83d\ude00"}}]}"#,
+            br#"{"id": "c", "choices": [{"index": 0, "delta": {"content": "spaced"}}], "usage": null}"#,
+            br#"{"choices":[{"delta":{"content":null,"tool_calls":[{"function":{"arguments":"{\"content\":\"x\"}"}}]}}]}"#,
+            br#"{"choices":[{"delta":{"content":"content"},"logprobs":{"content":[{"token":"a"}]}}]}"#,
+            br#"{"choices":[{"index":0,"delta":{"content":"one"}},{"index":1,"delta":{"content":"two"}}]}"#,
+            "{\"choices\":[{\"delta\":{\"reasoning_content\":\"think\",\"content\":\"ünï\"}}]}".as_bytes(),
+        ];
+        for c in chunks {
+            let shown = String::from_utf8_lossy(c);
+            assert!(!has_usage_object(c), "{shown}");
+            let mut fast = String::new();
+            assert!(scan_chunk_text(c, &mut fast).is_some(), "{shown}");
+            assert_eq!(fast, parsed_text(c), "{shown}");
+        }
+    }
+
+    #[test]
+    fn usage_objects_and_other_shapes_take_the_full_parse() {
+        assert!(has_usage_object(
+            br#"{"choices":[],"usage":{"prompt_tokens":3}}"#
+        ));
+        assert!(has_usage_object(b"{\"usage\" :\n {\"prompt_tokens\":3}}"));
+        assert!(!has_usage_object(br#"{"usage":null}"#));
+        let mut t = String::from("kept");
+        // Not a chat chunk: a whole completion, an Anthropic event.
+        assert!(scan_chunk_text(br#"{"choices":[{"message":{"content":"x"}}]}"#, &mut t).is_none());
+        assert!(scan_chunk_text(br#"{"type":"content_block_delta","index":0}"#, &mut t).is_none());
+        // A string cut short, or a bad escape after a good string: nothing
+        // of the event is kept.
+        assert!(scan_chunk_text(br#"{"delta":{"content":"ab"#, &mut t).is_none());
+        assert!(scan_chunk_text(
+            br#"{"choices":[{"delta":{"content":"ok"}},{"delta":{"content":"a\qb"}}]}"#,
+            &mut t
+        )
+        .is_none());
+        assert_eq!(t, "kept");
     }
 }
