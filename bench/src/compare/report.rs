@@ -1046,10 +1046,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_report_renders_ratios_goals_and_noise() {
-        let targets = ["direct", "nginx", "sluice"];
-        let r = Results {
+    /// A run of `targets` with `phases`, one repeat, no scenarios listed.
+    fn results(targets: &[&str], phases: Vec<Phase>) -> Results {
+        Results {
             machine: Default::default(),
             settings: Settings {
                 warmup_s: 1.0,
@@ -1072,22 +1071,19 @@ mod tests {
                     measured: *t != "direct",
                 })
                 .collect(),
-            notes: vec!["`sluice-passthrough` skipped: no switch".into()],
-            scenarios: vec![
-                super::super::ScenarioInfo {
-                    id: "c1".into(),
-                    title: "c1".into(),
-                },
-                super::super::ScenarioInfo {
-                    id: "max".into(),
-                    title: "max".into(),
-                },
-                super::super::ScenarioInfo {
-                    id: "idle".into(),
-                    title: "idle".into(),
-                },
-            ],
-            phases: vec![
+            notes: Vec::new(),
+            scenarios: Vec::new(),
+            phases,
+            profiles: Vec::new(),
+            elapsed_s: 300.0,
+        }
+    }
+
+    #[test]
+    fn a_report_renders_ratios_goals_and_noise() {
+        let mut r = results(
+            &["direct", "nginx", "sluice"],
+            vec![
                 phase("c1", "direct", 20.0, None),
                 phase("c1", "nginx", 100.0, Some(60.0)),
                 phase("c1", "sluice", 60.0, Some(40.0)),
@@ -1097,9 +1093,22 @@ mod tests {
                 phase("idle", "nginx", 1.0, Some(90.0)),
                 phase("idle", "sluice", 1.0, Some(90.0)),
             ],
-            profiles: Vec::new(),
-            elapsed_s: 300.0,
-        };
+        );
+        r.notes = vec!["`sluice-passthrough` skipped: no switch".into()];
+        r.scenarios = vec![
+            super::super::ScenarioInfo {
+                id: "c1".into(),
+                title: "c1".into(),
+            },
+            super::super::ScenarioInfo {
+                id: "max".into(),
+                title: "max".into(),
+            },
+            super::super::ScenarioInfo {
+                id: "idle".into(),
+                title: "idle".into(),
+            },
+        ];
         let h = headline(&r);
         assert!(
             h.contains("| | direct | nginx | sluice | sluice ÷ nginx |"),
@@ -1145,35 +1154,7 @@ mod tests {
             st.summary.events_per_s = 6600.0;
             phases.push(st);
         }
-        let r = Results {
-            machine: Default::default(),
-            settings: Settings {
-                warmup_s: 1.0,
-                duration_s: 5.0,
-                idle_hold_s: 3.0,
-                repeat: 1,
-                client_cpus: vec![0],
-                proxy_cpus: vec![1],
-                sluice_workers: 1,
-                noise_limit_pct: 3.0,
-                keep_awake: false,
-                command: String::new(),
-            },
-            targets: names
-                .iter()
-                .map(|t| TargetInfo {
-                    name: (*t).into(),
-                    label: (*t).into(),
-                    url: String::new(),
-                    measured: true,
-                })
-                .collect(),
-            notes: Vec::new(),
-            scenarios: Vec::new(),
-            phases,
-            profiles: Vec::new(),
-            elapsed_s: 1.0,
-        };
+        let r = results(&names, phases);
         let mut out = String::new();
         stage_costs(&r, &mut out);
         // Passthrough has no base; nolimits is +2 over it; sluice +2 over
