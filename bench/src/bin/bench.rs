@@ -188,6 +188,10 @@ struct CompareArgs {
     /// Content chunks per stream.
     #[arg(long, default_value_t = 64)]
     chunks: usize,
+    /// Concurrent streams of the paced phase (`stream-paced`: chunks 1 ms
+    /// apart, each event on its own); 0 leaves it out.
+    #[arg(long, default_value_t = 64)]
+    paced_streams: usize,
     /// Idle streams held open.
     #[arg(long, default_value_t = 10_000)]
     idle_streams: usize,
@@ -384,6 +388,7 @@ fn compare_cmd(a: CompareArgs) -> anyhow::Result<()> {
             max_concurrency: a.max_concurrency,
             stream_concurrency: a.streams,
             stream_chunks: a.chunks,
+            paced_streams: a.paced_streams,
             idle_streams: a.idle_streams,
             body_sizes: a.bodies,
         },

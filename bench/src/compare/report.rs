@@ -177,9 +177,9 @@ fn stage_costs(r: &Results, out: &mut String) {
         Variant::Translate => "OpenAI ⇄ Anthropic translation, both ways",
     };
     let cpu = |sc: &str, v: Variant| fig(r, sc, v.name(), |p| p.cpu_us_per_request);
-    let per_event = |v: Variant| -> (Option<f64>, bool) {
-        let (c, noisy) = cpu("stream-64", v);
-        let (e, _) = fig(r, "stream-64", v.name(), events_per_stream);
+    let per_event = |sc: &str, v: Variant| -> (Option<f64>, bool) {
+        let (c, noisy) = cpu(sc, v);
+        let (e, _) = fig(r, sc, v.name(), events_per_stream);
         (
             c.zip(e).filter(|(_, e)| *e > 0.0).map(|(c, e)| c / e),
             noisy,
@@ -195,13 +195,15 @@ fn stage_costs(r: &Results, out: &mut String) {
         out,
         "## What each stage costs\n\nsluice's CPU time per request and per streamed event in each \
          variant; (±x) is the difference to the variant it adds one thing to. Per event = CPU per \
-         stream ÷ events the client received per stream.\n"
+         stream ÷ events the client received per stream. In `stream-64` the mock writes a stream's \
+         events at once, so the proxy reads many per system call; in `stream-paced` they come 1 ms \
+         apart, each on its own, as a provider's do.\n"
     );
     let _ = writeln!(
         out,
-        "| variant | adds | CPU µs/request at max | at concurrency 1 | CPU µs/stream (64 chunks) | CPU µs/event | helper CPU µs/request at max |"
+        "| variant | adds | CPU µs/request at max | at concurrency 1 | CPU µs/stream, `stream-64` | µs/event | CPU µs/stream, `stream-paced` | µs/event | helper CPU µs/request at max |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for &v in &present {
         let b = base(v);
         let show = |x: (Option<f64>, bool), bx: Option<(Option<f64>, bool)>| {
@@ -210,19 +212,24 @@ fn stage_costs(r: &Results, out: &mut String) {
         let max = show(cpu("max", v), b.map(|b| cpu("max", b)));
         let c1 = show(cpu("c1", v), b.map(|b| cpu("c1", b)));
         let stream = show(cpu("stream-64", v), b.map(|b| cpu("stream-64", b)));
-        let ev = per_event(v);
-        let ev = format!(
-            "{}{}",
-            cell(ev, |x| format!("{x:.2}")),
-            delta(ev, b.map(per_event))
-        );
+        let event = |sc: &str| {
+            let ev = per_event(sc, v);
+            format!(
+                "{}{}",
+                cell(ev, |x| format!("{x:.2}")),
+                delta(ev, b.map(|b| per_event(sc, b)))
+            )
+        };
+        let ev = event("stream-64");
+        let paced = show(cpu("stream-paced", v), b.map(|b| cpu("stream-paced", b)));
+        let paced_ev = event("stream-paced");
         let helper = cell(
             fig(r, "max", v.name(), |p| p.helper_cpu_us_per_request),
             show_cpu,
         );
         let _ = writeln!(
             out,
-            "| `{}` | {} | {max} | {c1} | {stream} | {ev} | {helper} |",
+            "| `{}` | {} | {max} | {c1} | {stream} | {ev} | {paced} | {paced_ev} | {helper} |",
             v.name(),
             adds(v)
         );

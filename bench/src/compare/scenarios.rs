@@ -34,6 +34,9 @@ pub struct Scenario {
     pub chunks: Option<usize>,
     /// Exact request body size.
     pub body_bytes: Option<usize>,
+    /// Milliseconds the mock waits before each content chunk
+    /// (`x-mock-gap-ms`); without it a stream's events go out in one write.
+    pub gap_ms: Option<u64>,
     pub offer: Offer,
 }
 
@@ -44,6 +47,9 @@ pub struct SetOptions {
     pub max_concurrency: usize,
     pub stream_concurrency: Vec<usize>,
     pub stream_chunks: usize,
+    /// Concurrent streams of the paced scenario, whose events arrive 1 ms
+    /// apart as a provider's do (0 leaves the scenario out).
+    pub paced_streams: usize,
     pub idle_streams: usize,
     pub body_sizes: Vec<usize>,
 }
@@ -55,6 +61,7 @@ impl Default for SetOptions {
             max_concurrency: 64,
             stream_concurrency: vec![1, 64, 1024],
             stream_chunks: 64,
+            paced_streams: 64,
             idle_streams: 10_000,
             body_sizes: vec![4 * 1024, 64 * 1024],
         }
@@ -77,6 +84,7 @@ pub fn all(o: &SetOptions) -> Vec<Scenario> {
         stream: false,
         chunks: None,
         body_bytes: None,
+        gap_ms: None,
         offer,
     };
     let mut set = vec![
@@ -112,7 +120,23 @@ pub fn all(o: &SetOptions) -> Vec<Scenario> {
             stream: true,
             chunks: Some(o.stream_chunks),
             body_bytes: None,
+            gap_ms: None,
             offer: Offer::Closed(c),
+        });
+    }
+    if o.paced_streams > 0 {
+        set.push(Scenario {
+            id: "stream-paced".into(),
+            title: format!(
+                "Streaming, paced: {} concurrent streams of {} chunks 1 ms apart, so each event \
+                 arrives on its own (closed loop)",
+                o.paced_streams, o.stream_chunks
+            ),
+            stream: true,
+            chunks: Some(o.stream_chunks),
+            body_bytes: None,
+            gap_ms: Some(1),
+            offer: Offer::Closed(o.paced_streams),
         });
     }
     for &b in &o.body_sizes {
@@ -125,6 +149,7 @@ pub fn all(o: &SetOptions) -> Vec<Scenario> {
             stream: false,
             chunks: None,
             body_bytes: Some(b),
+            gap_ms: None,
             offer: Offer::Closed(1),
         });
     }
@@ -137,6 +162,7 @@ pub fn all(o: &SetOptions) -> Vec<Scenario> {
         stream: true,
         chunks: Some(o.stream_chunks),
         body_bytes: None,
+        gap_ms: None,
         offer: Offer::Idle(o.idle_streams),
     });
     set
@@ -162,6 +188,9 @@ impl Scenario {
         let mut spec = RequestSpec::chat(model, self.stream, self.body_bytes).with_key(key);
         if let Some(n) = self.chunks {
             spec = spec.with_header(header::CHUNKS, &n.to_string());
+        }
+        if let Some(ms) = self.gap_ms {
+            spec = spec.with_header(header::GAP_MS, &ms.to_string());
         }
         if self.is_idle() {
             // The mock sends the head and the role event, then holds.
@@ -230,6 +259,7 @@ mod tests {
                 "stream-1",
                 "stream-64",
                 "stream-1024",
+                "stream-paced",
                 "body-4k",
                 "body-64k",
                 "idle"
