@@ -54,19 +54,31 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// A client connection with its peer watch. Fields drop in declaration
+/// order: the watch takes the socket out of the core's epoll set before
+/// the connection closes it, however `serve` ends (even dropped mid-way).
+struct Downstream<S> {
+    watch: PeerWatch,
+    conn: BufConn<S>,
+}
+
 /// Serve requests on one connection until it closes or must close.
 pub async fn serve<S>(core: Rc<Core>, io: S, peer: SocketAddr, watch: PeerWatch)
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
-    let mut down = BufConn::new(io);
+    let mut downstream = Downstream {
+        watch,
+        conn: BufConn::new(io),
+    };
+    let Downstream { watch, conn: down } = &mut downstream;
     let limits = &core.config.limits;
     let mut first = true;
     loop {
         // Idle wait for the next request (or the connection's first bytes
         // for the header timeout), then the header timeout once it started.
         let head = match read_head(
-            &mut down,
+            down,
             limits.max_header_bytes,
             if first {
                 limits.header_timeout
@@ -83,9 +95,9 @@ where
             HeadRead::Refused(kind, message) => {
                 let mut pending = Pending::new(&core, core.new_ctx(None, peer));
                 let e = Error::new(kind, message);
-                proxy::respond_error(&core, &mut down, &mut pending.ctx, &e, false).await;
+                proxy::respond_error(&core, down, &mut pending.ctx, &e, false).await;
                 drop(pending);
-                linger(&mut down).await;
+                linger(down).await;
                 return;
             }
         };
@@ -96,16 +108,15 @@ where
         ctx.bytes_in = head.head_len as u64;
         let keep_alive = head.keep_alive && !core.draining();
 
-        let body =
-            match read_body(&mut down, &head, limits.max_body_bytes, limits.body_timeout).await {
-                Ok(body) => body,
-                Err(e) => {
-                    proxy::respond_error(&core, &mut down, ctx, &e, false).await;
-                    drop(pending);
-                    linger(&mut down).await;
-                    return;
-                }
-            };
+        let body = match read_body(down, &head, limits.max_body_bytes, limits.body_timeout).await {
+            Ok(body) => body,
+            Err(e) => {
+                proxy::respond_error(&core, down, ctx, &e, false).await;
+                drop(pending);
+                linger(down).await;
+                return;
+            }
+        };
         ctx.bytes_in += body.len() as u64;
         match Endpoint::resolve(&head.method, &head.path) {
             Ok(endpoint) => {
@@ -120,29 +131,16 @@ where
                     }
                     _ => format!("unknown path {}", head.path),
                 };
-                if !proxy::respond_error(
-                    &core,
-                    &mut down,
-                    ctx,
-                    &Error::new(kind, message),
-                    keep_alive,
-                )
-                .await
+                if !proxy::respond_error(&core, down, ctx, &Error::new(kind, message), keep_alive)
+                    .await
                 {
                     return;
                 }
                 continue;
             }
         }
-        let again = proxy::handle(
-            &core,
-            &mut down,
-            Request { head, body },
-            ctx,
-            keep_alive,
-            &watch,
-        )
-        .await;
+        let again =
+            proxy::handle(&core, down, Request { head, body }, ctx, keep_alive, watch).await;
         drop(pending);
         if !again {
             return;

@@ -67,6 +67,9 @@ pub enum ErrorKind {
     UpstreamUnavailable,
     /// The node is draining and takes no new requests.
     ShuttingDown,
+    /// sluice itself ran out of file descriptors, socket buffers, memory or
+    /// local ports opening an upstream connection: not the provider's fault.
+    LocalResources,
     /// A fault of sluice's own.
     Internal,
 }
@@ -105,6 +108,7 @@ impl ErrorKind {
             Unavailable => (503, "server_error", "quota_state_unavailable"),
             UpstreamUnavailable => (503, "upstream_error", "upstream_unavailable"),
             ShuttingDown => (503, "server_error", "shutting_down"),
+            LocalResources => (503, "server_error", "local_resources_exhausted"),
             Internal => (500, "server_error", "internal_error"),
         };
         Reply {
@@ -139,6 +143,7 @@ impl ErrorKind {
             Unavailable => "unavailable",
             UpstreamUnavailable => "upstream_unavailable",
             ShuttingDown => "shutting_down",
+            LocalResources => "local_resources",
             Internal => "internal",
         }
     }
@@ -149,7 +154,7 @@ impl ErrorKind {
         match self {
             UpstreamConnect | UpstreamTimeout | UpstreamProtocol | UpstreamStatus
             | UpstreamUnavailable => Side::Upstream,
-            ShuttingDown | Internal | Unavailable => Side::Internal,
+            ShuttingDown | Internal | Unavailable | LocalResources => Side::Internal,
             _ => Side::Downstream,
         }
     }
@@ -231,6 +236,13 @@ mod tests {
         assert_eq!(
             Error::new(ErrorKind::UpstreamConnect, "x").side,
             Side::Upstream
+        );
+        let local = ErrorKind::LocalResources.reply();
+        assert_eq!((local.status, local.error_type), (503, "server_error"));
+        assert_eq!(
+            Error::new(ErrorKind::LocalResources, "x").side,
+            Side::Internal,
+            "running out of descriptors is sluice's fault, not the provider's"
         );
     }
 }

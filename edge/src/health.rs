@@ -5,7 +5,8 @@
 //! at random, the one with the lower EWMA latency times one plus its
 //! requests in flight wins — cheap, and it steers load away from a slow
 //! endpoint without herding. Every endpoint has a circuit breaker: `failures_to_eject`
-//! consecutive failures (connect error, timeout, 5xx) open it for
+//! consecutive failures (connect error, timeout, 5xx; not a connect sluice
+//! could not even try for want of its own descriptors or ports) open it for
 //! `base_ejection`, doubling on each re-open up to `max_ejection`; when the
 //! time is up it is half-open and lets exactly one probe through, whose
 //! outcome closes it (and resets the backoff) or opens it again. An

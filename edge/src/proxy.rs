@@ -188,6 +188,16 @@ where
         let response = match answer {
             None => return client_gone(ctx, "client went away while waiting for the provider"),
             Some(Ok(r)) => r,
+            Some(Err(e)) if e.kind == ErrorKind::LocalResources => {
+                // This host ran out of descriptors, memory or ports: not the
+                // provider's fault, so its endpoint and key keep their
+                // health, and no fallback — any other provider would fail
+                // the same way here.
+                core.metrics.upstream_error(provider, e.kind);
+                core.record_attempt(ctx, provider, key_index, None, Some(&e), started);
+                drop((slot, pick));
+                return respond_error(core, down, ctx, &e, keep_alive).await;
+            }
             Some(Err(e)) => {
                 pick.endpoint
                     .failure(&core.shared.endpoints[provider].health);
@@ -302,6 +312,7 @@ where
             ctx,
             keep_alive,
             (slot, pick),
+            watch,
         )
         .await;
     }
@@ -570,7 +581,10 @@ async fn read_body(
 }
 
 /// Non-streamed answers and every upstream error status: read the whole
-/// body, account a 2xx, pass it on with its status.
+/// body, account a 2xx, pass it on with its status. A client that leaves
+/// meanwhile ends it at once (499): dropping the upstream connection tells
+/// the provider to stop generating.
+#[allow(clippy::too_many_arguments)]
 async fn relay_whole<S>(
     core: &Core,
     upstream: &Upstream,
@@ -579,16 +593,24 @@ async fn relay_whole<S>(
     ctx: &mut RequestCtx,
     keep_alive: bool,
     hold: (pool::Slot<'_>, Pick<'_>),
+    watch: &PeerWatch,
 ) -> bool
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
     let mut reader = BodyReader::new(response.head.body);
     let mut body = Vec::new();
-    let read = read_body(upstream, &mut response.conn, &mut reader, &mut body).await;
+    let read = monoio::select! {
+        r = read_body(upstream, &mut response.conn, &mut reader, &mut body) => Some(r),
+        _ = watch.closed() => None,
+    };
     // The provider is done with this request once its body is in: free its
     // place before answering, so the client's next request finds it free.
     drop(hold);
+    let Some(read) = read else {
+        // `response` (the upstream connection) drops on return.
+        return client_gone(ctx, "client went away while the provider was answering");
+    };
     if let Err(e) = read {
         core.metrics.upstream_error(upstream_index(ctx), e.kind);
         return respond_error(core, down, ctx, &e, keep_alive).await;

@@ -236,11 +236,61 @@ fn worker_main(
     }
 }
 
+/// Raise the open-file soft limit to the hard limit and log the result.
+/// Each client connection holds a descriptor and each proxied request a
+/// second one; the usual soft default (1024) would cap sluice far below
+/// what the host allows.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit that lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let e = std::io::Error::last_os_error();
+        log::warn(&format!("cannot read the open-file limit: {e}"));
+        return;
+    }
+    let mut want = limit.rlim_max;
+    if want == libc::RLIM_INFINITY {
+        // The kernel refuses more descriptors than fs.nr_open per process.
+        want = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20);
+    }
+    if limit.rlim_cur < want {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            let e = std::io::Error::last_os_error();
+            log::warn(&format!(
+                "cannot raise the open-file limit from {} to {want}: {e}",
+                limit.rlim_cur
+            ));
+        }
+    }
+    log::info(&format!(
+        "open-file limit: {} descriptors (hard limit {})",
+        limit.rlim_cur,
+        match limit.rlim_max {
+            libc::RLIM_INFINITY => "unlimited".to_string(),
+            max => max.to_string(),
+        }
+    ));
+}
+
 /// Start sluice with `config`; returns when it has shut down.
 pub fn run(config: Config) -> anyhow::Result<()> {
     for w in &config.warnings {
         log::warn(w);
     }
+    raise_open_file_limit();
     let config = Arc::new(config);
     let workers = config.workers.count.get();
     if let Some(dir) = config

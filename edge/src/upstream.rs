@@ -7,9 +7,12 @@
 //! first-byte timeouts come from the provider's config. A pooled connection
 //! the provider closed while idle is detected on reuse (write error or EOF
 //! before any response byte) and the request goes once more over a fresh
-//! connection, which is safe: the provider saw nothing.
+//! connection, which is safe: the provider saw nothing. A connect that
+//! fails for want of sluice's own resources (descriptors, local ports,
+//! memory) is a `LocalResources` error: the provider is not to blame.
 
 use std::cell::RefCell;
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,10 +270,12 @@ impl Upstream {
 
     /// Active health check of endpoint `at`: `GET {base path}{path}` with
     /// the provider's first key; any 2xx answer within the first-byte
-    /// timeout is healthy.
-    pub async fn check(&self, at: usize, path: &str) -> bool {
+    /// timeout is healthy. `None`: sluice could not check for want of its
+    /// own resources (descriptors, memory, ports), which says nothing about
+    /// the endpoint.
+    pub async fn check(&self, at: usize, path: &str) -> Option<bool> {
         let Some(endpoint) = self.endpoints.get(at) else {
-            return false;
+            return Some(false);
         };
         let p = self.provider();
         let mut head = format!(
@@ -291,8 +296,9 @@ impl Upstream {
         }
         head.push_str("connection: close\r\n\r\n");
         match self.send(at, head.into_bytes(), &[]).await {
-            Ok(response) => (200..300).contains(&response.head.status),
-            Err(_) => false,
+            Ok(response) => Some((200..300).contains(&response.head.status)),
+            Err(e) if e.kind == ErrorKind::LocalResources => None,
+            Err(_) => Some(false),
         }
     }
 
@@ -323,12 +329,25 @@ impl Upstream {
             )
             .retry_safe()
         };
+        let short = |e: &io::Error, hint: &str| {
+            Error::new(
+                ErrorKind::LocalResources,
+                format!(
+                    "sluice ran out of local resources connecting to provider '{}' ({}): {e}; {hint}",
+                    p.name,
+                    url.authority()
+                ),
+            )
+        };
         if endpoint.addrs.borrow().is_empty() {
             // Resolved once per core and again after a failure; the std
             // resolver blocks, which only matters for names, not literals.
             let found: Vec<SocketAddr> = (url.host.as_str(), url.port)
                 .to_socket_addrs()
-                .map_err(|e| fail(format!("resolving failed: {e}")))?
+                .map_err(|e| match local_shortage(&e) {
+                    Some(hint) => short(&e, hint),
+                    None => fail(format!("resolving failed: {e}")),
+                })?
                 .collect();
             *endpoint.addrs.borrow_mut() = found;
         }
@@ -362,7 +381,8 @@ impl Upstream {
                     };
                     return Ok(BufConn::new(stream));
                 }
-                Err(e) => last = e,
+                Err(ConnectError::Local(e, hint)) => return Err(short(&e, hint)),
+                Err(ConnectError::Remote(e)) => last = e,
             }
         }
         endpoint.addrs.borrow_mut().clear();
@@ -370,14 +390,40 @@ impl Upstream {
     }
 }
 
-async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+/// Why one connection attempt failed.
+enum ConnectError {
+    /// This host is short of something (see [`local_shortage`]), with the
+    /// hint for the operator: the provider is not to blame.
+    Local(io::Error, &'static str),
+    /// The provider's address refused, reset or did not answer.
+    Remote(String),
+}
+
+/// Whether a failed socket()/connect() (or a resolver's system call) means
+/// this host ran out of something, and what the operator can do about it.
+fn local_shortage(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EMFILE => Some("raise sluice's open-file limit (LimitNOFILE)"),
+        libc::ENFILE => Some("raise the host's open-file limit (fs.file-max)"),
+        libc::ENOBUFS | libc::ENOMEM => Some("the host is short of memory for sockets"),
+        libc::EADDRNOTAVAIL => {
+            Some("no local port is free for a new connection; widen net.ipv4.ip_local_port_range")
+        }
+        _ => None,
+    }
+}
+
+async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(format!("{addr}: {e}")),
-        Err(_) => Err(format!(
+        Ok(Err(e)) => Err(match local_shortage(&e) {
+            Some(hint) => ConnectError::Local(e, hint),
+            None => ConnectError::Remote(format!("{addr}: {e}")),
+        }),
+        Err(_) => Err(ConnectError::Remote(format!(
             "{addr}: no answer within {} ms",
             timeout.as_millis()
-        )),
+        ))),
     }
 }
 

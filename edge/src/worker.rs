@@ -21,7 +21,7 @@ use crate::conn;
 use crate::error::Error;
 use crate::filter::{Attempt, Chain, RequestCtx};
 use crate::http::RequestHead;
-use crate::io::{DownStream, PeerWatch, Stream};
+use crate::io::{DownStream, Peers, Stream};
 use crate::kernel::Kernel;
 use crate::metrics::CoreMetrics;
 use crate::quota::Mode;
@@ -41,6 +41,8 @@ pub struct Core {
     pub audit: Option<AuditLog>,
     /// Requests between head received and audit record written.
     pub in_flight: Cell<usize>,
+    /// Watches on this core's client sockets for clients that leave.
+    pub peers: Peers,
     seq: Cell<u64>,
 }
 
@@ -81,6 +83,7 @@ impl Core {
             upstreams,
             audit,
             in_flight: Cell::new(0),
+            peers: Peers::default(),
             seq: Cell::new(0),
         })
     }
@@ -211,6 +214,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accept connections until shutdown, serving each on this core.
 pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    // The peer registry's epoll fd is opened before the first connection,
+    // not when descriptors may already be short.
+    core.peers.start();
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),
@@ -229,14 +235,20 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsA
             }
         };
         let _ = tcp.set_nodelay(true);
-        let watch = PeerWatch::new(tcp.as_raw_fd());
+        let fd = tcp.as_raw_fd();
         let core = core.clone();
         let tls = tls.clone();
         monoio::spawn(async move {
             let metrics = core.metrics.clone();
             let _open = metrics.connection_guard();
+            // The watch is made once the connection is ours to serve and
+            // handed to `serve`, which drops it before the socket: a TLS
+            // handshake that fails closes the socket, so it gets none.
             match tls {
-                None => conn::serve(core, DownStream::Plain(tcp), peer, watch).await,
+                None => {
+                    let watch = core.peers.watch(fd);
+                    conn::serve(core, DownStream::Plain(tcp), peer, watch).await;
+                }
                 Some(acceptor) => {
                     let handshake = monoio::time::timeout(
                         core.config.limits.header_timeout,
@@ -244,6 +256,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsA
                     )
                     .await;
                     if let Ok(Ok(stream)) = handshake {
+                        let watch = core.peers.watch(fd);
                         conn::serve(core, Stream::Tls(Box::new(stream)), peer, watch).await;
                     }
                 }
@@ -330,10 +343,11 @@ pub async fn health_checks(core: Rc<Core>) {
             let endpoints = &core.shared.endpoints[p];
             for (at, health) in endpoints.endpoints.iter().enumerate() {
                 let started = Instant::now();
-                if core.upstreams[p].check(at, &check.path).await {
-                    health.success(started.elapsed().as_micros() as u64);
-                } else {
-                    health.check_failed(&endpoints.health);
+                match core.upstreams[p].check(at, &check.path).await {
+                    Some(true) => health.success(started.elapsed().as_micros() as u64),
+                    Some(false) => health.check_failed(&endpoints.health),
+                    // sluice was short of descriptors or memory: no verdict.
+                    None => {}
                 }
             }
         }
