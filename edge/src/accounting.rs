@@ -17,7 +17,9 @@
 //! `usage` object, or any other shape, gets the full parse.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use memchr::memmem::Finder;
 
 use simd_json::prelude::*;
 use simd_json::tape::{Tape, Value};
@@ -139,11 +141,17 @@ fn read_event(v: Value<'_, '_>, text: &mut String) -> Seen {
     seen
 }
 
+/// The keys the scan looks for, with their searchers built once (building
+/// one costs more than searching a 200-byte event).
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static DELTA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"delta\""));
+static CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\""));
+
 /// Whether `data` holds a `"usage"` key whose value is an object (not
 /// `null`). A false positive only costs the full parse; there are no false
 /// negatives, since a key's quotes cannot occur unescaped inside a string.
 fn has_usage_object(data: &[u8]) -> bool {
-    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+    USAGE.find_iter(data).any(|at| {
         let rest = skip_ws(&data[at + 7..]);
         rest.first() == Some(&b':') && skip_ws(&rest[1..]).first() == Some(&b'{')
     })
@@ -176,10 +184,10 @@ fn string_literal(b: &[u8]) -> Option<&[u8]> {
 /// when the event is not such a chunk (no `"delta"`) or a string does not
 /// decode, so the caller falls back to the full parse.
 fn scan_chunk_text(data: &[u8], text: &mut String) -> Option<()> {
-    memchr::memmem::find(data, b"\"delta\"")?;
+    DELTA.find(data)?;
     let start = text.len();
     let scanned = (|| {
-        for at in memchr::memmem::find_iter(data, b"\"content\"") {
+        for at in CONTENT.find_iter(data) {
             let Some(rest) = skip_ws(&data[at + 9..]).strip_prefix(b":") else {
                 continue; // a string value that reads "content"
             };
