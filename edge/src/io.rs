@@ -22,8 +22,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 
-/// Smallest free space offered to the kernel on a read.
-const MIN_READ: usize = 8 * 1024;
+/// Reads offer the kernel this much free space at first and while data
+/// comes in small pieces; a read that fills what it was offered doubles the
+/// next one, up to [`MAX_READ`]. A connection that waits — an idle
+/// keep-alive client, a quiet stream's provider — holds only this much
+/// (with io_uring a pending read owns its buffer).
+const MIN_READ: usize = 2 * 1024;
+const MAX_READ: usize = 64 * 1024;
 
 /// A TCP connection, with or without TLS on top.
 pub enum Stream<T> {
@@ -87,14 +92,28 @@ pub struct BufConn<S> {
     pub io: S,
     buf: Vec<u8>,
     start: usize,
+    /// Free space the next read offers (MIN_READ..=MAX_READ).
+    read_size: usize,
 }
 
 impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
     pub fn new(io: S) -> Self {
         BufConn {
             io,
-            buf: Vec::with_capacity(MIN_READ),
+            buf: Vec::new(),
             start: 0,
+            read_size: MIN_READ,
+        }
+    }
+
+    /// Give the read buffer's memory back when nothing is buffered: for a
+    /// connection that will not be read for a while (a client whose
+    /// response streams for minutes). The next read allocates afresh.
+    pub fn release_idle_buffer(&mut self) {
+        if self.start == self.buf.len() {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.read_size = MIN_READ;
         }
     }
 
@@ -126,14 +145,22 @@ impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        if self.buf.capacity() - self.buf.len() < MIN_READ {
-            self.buf.reserve(MIN_READ.max(self.buf.len()));
+        if self.buf.is_empty() && self.buf.capacity() > 2 * self.read_size {
+            // A burst's large buffer, drained: keep only what reads need now.
+            self.buf = Vec::new();
+        }
+        if self.buf.capacity() - self.buf.len() < self.read_size {
+            self.buf.reserve(self.read_size.max(self.buf.len()));
         }
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
+        let offered = buf.capacity() - len;
         let (res, slice): (io::Result<usize>, SliceMut<Vec<u8>>) =
             self.io.read(buf.slice_mut(len..)).await;
         self.buf = slice.into_inner();
+        if let Ok(n) = res {
+            self.read_size = next_read_size(self.read_size, n, offered);
+        }
         res
     }
 
@@ -150,6 +177,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
             return (res, data);
         }
         (self.io.flush().await, data)
+    }
+}
+
+/// The free space the read after one that returned `n` of `offered` bytes
+/// should offer: double after a full read, half after a read of less than a
+/// quarter, within MIN_READ..=MAX_READ.
+fn next_read_size(current: usize, n: usize, offered: usize) -> usize {
+    if n >= offered {
+        (current * 2).min(MAX_READ)
+    } else if n < current / 4 {
+        (current / 2).max(MIN_READ)
+    } else {
+        current
     }
 }
 
@@ -420,6 +460,58 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         (client, server)
+    }
+
+    #[test]
+    fn reads_grow_while_full_and_shrink_when_small() {
+        assert_eq!(next_read_size(MIN_READ, MIN_READ, MIN_READ), 2 * MIN_READ);
+        assert_eq!(next_read_size(MAX_READ, MAX_READ, MAX_READ), MAX_READ);
+        assert_eq!(next_read_size(8192, 8192, 9000), 8192, "not full");
+        assert_eq!(next_read_size(8192, 100, 8192), 4096);
+        assert_eq!(next_read_size(MIN_READ, 10, MIN_READ), MIN_READ);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_buffer_back() {
+        let (mut client, server) = pair();
+        server.set_nonblocking(true).unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut conn = BufConn::new(TcpStream::from_std(server).unwrap());
+            assert_eq!(conn.buf.capacity(), 0, "nothing held before the first read");
+            // A burst: reads grow while they come back full.
+            client.write_all(&vec![b'x'; 256 * 1024]).unwrap();
+            let mut got = 0;
+            while got < 256 * 1024 {
+                got += conn.fill().await.unwrap();
+                let n = conn.buffered().len();
+                conn.consume(n);
+            }
+            assert!(conn.read_size > MIN_READ, "{}", conn.read_size);
+            // Small pieces after it: the read size comes down and the large
+            // buffer goes once it is empty.
+            for _ in 0..8 {
+                client.write_all(b"hi").unwrap();
+                conn.fill().await.unwrap();
+                conn.consume(2);
+            }
+            assert_eq!(conn.read_size, MIN_READ);
+            assert!(
+                conn.buf.capacity() <= 2 * MIN_READ,
+                "{}",
+                conn.buf.capacity()
+            );
+            client.write_all(b"more").unwrap();
+            conn.fill().await.unwrap();
+            conn.release_idle_buffer();
+            assert_eq!(conn.buffered(), b"more", "buffered bytes are kept");
+            conn.consume(4);
+            conn.release_idle_buffer();
+            assert_eq!(conn.buf.capacity(), 0);
+        });
     }
 
     async fn fires_within(watch: &PeerWatch, ms: u64) -> bool {

@@ -699,8 +699,11 @@ where
     let mut translator = StreamTranslator::for_request(ctx);
     let raw = translator.is_none() && !core.chain.sees_events();
     let mut translated = Vec::new();
-    let mut plain = Vec::with_capacity(8 * 1024);
-    let mut out = Vec::with_capacity(8 * 1024);
+    // Sized by what comes: an idle stream's buffers stay small.
+    let mut plain = Vec::new();
+    let mut out = Vec::with_capacity(1024);
+    // The client is not read while its response streams.
+    down.release_idle_buffer();
     client_head(
         &mut out,
         ctx,
@@ -732,6 +735,9 @@ where
         }
         splitter.push(&plain);
         plain.clear();
+        if plain.capacity() > 64 * 1024 {
+            plain = Vec::new();
+        }
         if done {
             // A last event ending in a lone CR completes only at the end.
             splitter.finish();
@@ -789,6 +795,9 @@ where
             let (res, back) = down.send(batch).await;
             out = back;
             out.clear();
+            if out.capacity() > 64 * 1024 {
+                out = Vec::with_capacity(1024);
+            }
             if ctx.ttft.is_none() {
                 ctx.ttft = Some(ctx.received.elapsed());
             }
