@@ -4,6 +4,32 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: the request path allocates and
+/// frees small buffers all the time, and `sluice-bench compare` measured
+/// 12 % less CPU per request with it (DESIGN-style numbers in the bench
+/// report). Tuned in `main` for a long-lived server holding thousands of
+/// idle streams.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc v2's `mi_option_purge_delay` (mimalloc.h's `mi_option_e`;
+/// libmimalloc-sys exports no name for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Give freed pages back to the OS at once rather than 10 ms later: after a
+/// burst, thousands of idle streams should not keep its memory. An
+/// operator's `MIMALLOC_PURGE_DELAY` still wins. (Arena eager commit must
+/// be set before the first allocation, so only the environment can turn it
+/// off: the systemd unit and the benchmark set `MIMALLOC_ARENA_EAGER_COMMIT=0`,
+/// which takes a fresh process from 52 MB to 41 MB.)
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide allocator option; mimalloc reads its
+        // options atomically and allows setting them at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
 const USAGE: &str = "usage:
   sluice --config FILE         run the gateway
   sluice check-config FILE     validate FILE, print every error, exit 1 on any
@@ -11,6 +37,7 @@ const USAGE: &str = "usage:
   sluice --version";
 
 fn main() -> ExitCode {
+    tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()

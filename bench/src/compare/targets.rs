@@ -372,6 +372,10 @@ impl Target {
             Kind::Sluice(_) => {
                 let mut cmd = Command::new(env.bin_dir.join("sluice"));
                 cmd.arg("--config").arg(&config).current_dir(&env.work);
+                // As deploy/sluice.service runs it.
+                if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+                    cmd.env("MIMALLOC_ARENA_EAGER_COMMIT", "0");
+                }
                 let proc = Proc::start(
                     &self.name,
                     cmd,
