@@ -160,21 +160,38 @@ fn stage_costs(r: &Results, out: &mut String) {
     if present.len() < 2 {
         return;
     }
-    let base = |v: Variant| -> Option<Variant> {
-        let b = match v {
-            Variant::Passthrough => return None,
-            Variant::NoLimits => Variant::Passthrough,
-            Variant::Limits => Variant::NoLimits,
-            Variant::Redis | Variant::Translate => Variant::Limits,
-        };
-        present.contains(&b).then_some(b)
+    // Each variant adds one thing to its parent; when the parent was not
+    // run, the nearest ancestor that was is the base, and the row adds
+    // every step between them.
+    let parent = |v: Variant| match v {
+        Variant::Passthrough => None,
+        Variant::NoLimits => Some(Variant::Passthrough),
+        Variant::Limits => Some(Variant::NoLimits),
+        Variant::Redis | Variant::Translate => Some(Variant::Limits),
     };
-    let adds = |v: Variant| match v {
+    let step = |v: Variant| match v {
         Variant::Passthrough => "a plain relay",
         Variant::NoLimits => "auth, accounting (usage asked for, parsed, priced), audit",
         Variant::Limits => "quota admission (tokenizer estimate, reservation) + settlement",
         Variant::Redis => "the limits shared through Redis (leases)",
         Variant::Translate => "OpenAI ⇄ Anthropic translation, both ways",
+    };
+    let base = |v: Variant| -> Option<Variant> {
+        let mut b = parent(v);
+        while let Some(p) = b.filter(|p| !present.contains(p)) {
+            b = parent(p);
+        }
+        b
+    };
+    let adds = |v: Variant| -> String {
+        let mut steps = vec![step(v)];
+        let mut p = parent(v);
+        while let Some(q) = p.filter(|q| Some(*q) != base(v) && *q != Variant::Passthrough) {
+            steps.push(step(q));
+            p = parent(q);
+        }
+        steps.reverse();
+        steps.join(" + ")
     };
     let cpu = |sc: &str, v: Variant| fig(r, sc, v.name(), |p| p.cpu_us_per_request);
     let per_event = |sc: &str, v: Variant| -> (Option<f64>, bool) {
@@ -1182,6 +1199,27 @@ mod tests {
         assert!(translate.contains("130.0 µs (+10.00)"), "{translate}");
         // 130 µs over 66 events = 1.97 µs, 0.15 more than sluice's 1.82.
         assert!(translate.contains("1.97 (+0.15)"), "{translate}");
+
+        // Without nolimits, sluice is measured against passthrough and adds
+        // both steps.
+        let r2 = results(
+            &["sluice-passthrough", "sluice"],
+            r.phases
+                .iter()
+                .filter(|p| p.target != "sluice-nolimits")
+                .cloned()
+                .collect(),
+        );
+        let mut two = String::new();
+        stage_costs(&r2, &mut two);
+        let row = two.lines().find(|l| l.starts_with("| `sluice` |")).unwrap();
+        assert!(
+            row.contains(
+                "auth, accounting (usage asked for, parsed, priced), audit + quota admission"
+            ),
+            "{row}"
+        );
+        assert!(row.contains("24.0 µs (+4.00)"), "{row}");
 
         // One variant alone: no section.
         let mut one = String::new();
