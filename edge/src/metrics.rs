@@ -317,26 +317,51 @@ pub fn render(config: &Config, cores: &[Arc<CoreMetrics>], mode: crate::quota::M
     let _ = writeln!(out, "# HELP sluice_usage_estimated_total Requests whose token usage sluice counted itself because the provider reported none.");
     let _ = writeln!(out, "# TYPE sluice_usage_estimated_total counter");
     let _ = writeln!(out, "sluice_usage_estimated_total {}", total.estimated);
+    // Running out of descriptors or memory is this host's failure, not the
+    // provider's: its own series, so upstream error rates stay the
+    // provider's.
+    let (local, upstream): (Vec<_>, Vec<_>) = total
+        .upstream_errors
+        .iter()
+        .map(|((p, k), v)| (*p, *k, *v))
+        .partition(|(_, k, _)| *k == ErrorKind::LocalResources);
+    let provider = |p: u32| {
+        escape(
+            config
+                .providers
+                .get(p as usize)
+                .map_or("unknown", |p| p.name.as_str()),
+        )
+    };
     let _ = writeln!(
         out,
         "# HELP sluice_upstream_errors_total Upstream failures by provider and kind."
     );
     let _ = writeln!(out, "# TYPE sluice_upstream_errors_total counter");
-    let mut rows: Vec<_> = total
-        .upstream_errors
+    let mut rows: Vec<_> = upstream
         .iter()
-        .map(|((p, k), v)| (*p, k.as_str(), *v))
+        .map(|(p, k, v)| (*p, k.as_str(), *v))
         .collect();
     rows.sort();
     for (p, k, v) in rows {
-        let name = config
-            .providers
-            .get(p as usize)
-            .map_or("unknown", |p| p.name.as_str());
         let _ = writeln!(
             out,
             "sluice_upstream_errors_total{{provider=\"{}\",kind=\"{k}\"}} {v}",
-            escape(name)
+            provider(p)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_local_resource_errors_total Requests sluice could not send upstream because this host ran out of descriptors, memory or ports (raise LimitNOFILE), by provider."
+    );
+    let _ = writeln!(out, "# TYPE sluice_local_resource_errors_total counter");
+    let mut rows: Vec<_> = local.iter().map(|(p, _, v)| (*p, *v)).collect();
+    rows.sort();
+    for (p, v) in rows {
+        let _ = writeln!(
+            out,
+            "sluice_local_resource_errors_total{{provider=\"{}\"}} {v}",
+            provider(p)
         );
     }
     variants(&mut out, config, &total.variants);

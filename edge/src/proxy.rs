@@ -26,6 +26,9 @@ use crate::worker::Core;
 
 /// Largest non-streamed upstream body sluice holds to account it.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+/// How long an error answer that triggers a fallback may take to drain
+/// before its connection is dropped instead.
+const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serve one request. Returns whether the downstream connection can carry
 /// another request.
@@ -265,7 +268,9 @@ where
             core.record_attempt(ctx, provider, key_index, Some(status), None, started);
             core.metrics
                 .upstream_error(provider, ErrorKind::UpstreamStatus);
-            discard(upstream, response).await;
+            if !discard(upstream, response, watch).await {
+                return client_gone(ctx, "client went away while sluice moved to another target");
+            }
             next = to;
             continue;
         }
@@ -356,17 +361,23 @@ fn retry_after(head: &ResponseHead) -> Option<std::time::Duration> {
 }
 
 /// Read and drop an answer that will not be relayed, keeping the
-/// connection for reuse when it ends cleanly.
-async fn discard(upstream: &Upstream, mut response: Response) {
+/// connection for reuse when it ends cleanly within [`DISCARD_WITHIN`]
+/// (else it is closed: the next target should not wait on it). `false`:
+/// the client left meanwhile.
+async fn discard(upstream: &Upstream, mut response: Response, watch: &PeerWatch) -> bool {
     let mut reader = BodyReader::new(response.head.body);
     let mut sink = Vec::new();
-    if read_body(upstream, &mut response.conn, &mut reader, &mut sink)
-        .await
-        .is_ok()
-        && response.head.keep_alive
-    {
+    let drained = monoio::select! {
+        r = monoio::time::timeout(
+            DISCARD_WITHIN,
+            read_body(upstream, &mut response.conn, &mut reader, &mut sink),
+        ) => matches!(r, Ok(Ok(()))),
+        _ = watch.closed() => return false,
+    };
+    if drained && response.head.keep_alive {
         upstream.release(response.endpoint, response.conn);
     }
+    true
 }
 
 /// How a stream relay ended.

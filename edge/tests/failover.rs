@@ -239,6 +239,38 @@ fn a_first_byte_timeout_falls_back_to_the_second_target() {
     );
 }
 
+#[test]
+fn a_500_whose_body_never_comes_does_not_hold_up_the_fallback() {
+    // Head and Content-Length, then nothing: draining it would wait for the
+    // provider's 10 s idle timeout.
+    let stalling = mock_scripted(
+        Some(MOCK_KEY),
+        Script {
+            status: Some(500),
+            stall_after: Some(1),
+            ..Script::default()
+        },
+    );
+    let backup = mock();
+    let first = ProviderSpec::new(FIRST, format!("http://{}/v1", stalling.addr));
+    let gw = Gateway::start(&chain(first, &backup));
+    let started = Instant::now();
+    let r = gw.chat(
+        ALICE,
+        &[("x-request-id", "fo-stalled-500")],
+        &chat_body(MINI, false),
+    );
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(requests(&backup), 1);
+    // The drain gives up after 1 s; the rest is the backup's answer.
+    assert!(took < Duration::from_millis(3000), "took {took:?}");
+    let rec = gw.audit_record("fo-stalled-500");
+    let tried = attempts(&rec);
+    assert_eq!(tried.len(), 2, "{rec}");
+    assert_eq!(tried[0]["status"], 500, "{rec}");
+}
+
 // 3 ---------------------------------------------------------------------------
 
 /// Provider `mock` at `m` with the pool k1 = "key-one", k2 = "key-two",

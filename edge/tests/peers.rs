@@ -283,10 +283,19 @@ fn out_of_descriptors_is_a_local_503_not_a_provider_failure() {
     assert_eq!(
         metric_value(
             &text,
+            "sluice_local_resource_errors_total",
+            &[("provider", "mock")]
+        ),
+        Some(REQUESTS as f64),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
             "sluice_upstream_errors_total",
             &[("provider", "mock"), ("kind", "local_resources")]
         ),
-        Some(REQUESTS as f64),
+        None,
         "{text}"
     );
     assert_eq!(
