@@ -8,6 +8,7 @@
 //! the content (text parts of multi-part content), 1 more plus the name when
 //! a message has one, and 3 tokens priming the reply.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use sluice_config::Encoding;
@@ -42,39 +43,72 @@ pub fn count(encoding: Encoding, text: &str) -> u64 {
     }
 }
 
+/// What the chat recipe reads of a request body, borrowed from it where
+/// no JSON escape forces a copy; every other field is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct ChatBody<'a> {
+    #[serde(borrow, default)]
+    messages: Vec<Message<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+/// A message's `content`: a string, or an array of parts whose `text`
+/// counts; anything else counts nothing.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Parts(#[serde(borrow)] Vec<Part<'a>>),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(serde::Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
 /// Estimated prompt tokens of a request body for the given endpoint path.
 pub fn prompt_tokens(encoding: Encoding, path: &str, body: &[u8]) -> u64 {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return 0;
-    };
     if path.ends_with("/chat/completions") {
+        let Ok(chat) = serde_json::from_slice::<ChatBody<'_>>(body) else {
+            return 0;
+        };
         let mut total = 3;
-        for message in value["messages"].as_array().into_iter().flatten() {
+        for message in &chat.messages {
             total += 3;
-            total += count(encoding, message["role"].as_str().unwrap_or(""));
-            total += content_tokens(encoding, &message["content"]);
-            if let Some(name) = message["name"].as_str() {
+            total += count(encoding, message.role.as_deref().unwrap_or(""));
+            total += match &message.content {
+                Some(Content::Text(s)) => count(encoding, s),
+                Some(Content::Parts(parts)) => parts
+                    .iter()
+                    .filter_map(|p| p.text.as_deref())
+                    .map(|t| count(encoding, t))
+                    .sum(),
+                Some(Content::Other(_)) | None => 0,
+            };
+            if let Some(name) = &message.name {
                 total += 1 + count(encoding, name);
             }
         }
-        total
-    } else if path.ends_with("/completions") {
+        return total;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return 0;
+    };
+    if path.ends_with("/completions") {
         text_tokens(encoding, &value["prompt"])
     } else {
         text_tokens(encoding, &value["input"])
-    }
-}
-
-/// A message's `content`: a string, or an array of parts whose `text` counts.
-fn content_tokens(encoding: Encoding, content: &serde_json::Value) -> u64 {
-    match content {
-        serde_json::Value::String(s) => count(encoding, s),
-        serde_json::Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .map(|t| count(encoding, t))
-            .sum(),
-        _ => 0,
     }
 }
 
@@ -110,6 +144,28 @@ mod tests {
         assert_eq!(
             prompt_tokens(Encoding::O200kBase, "/v1/chat/completions", parts),
             11
+        );
+        // Escapes, null and odd content, images, tool calls: counted like
+        // the plain recipe, the odd parts as nothing.
+        let mixed = br#"{"model":"m","messages":[
+            {"role":"system","content":"say \"hello world\""},
+            {"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"hello world"}]},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","content":{"odd":true}}
+        ]}"#;
+        let want = 3
+            + (3 + count(Encoding::O200kBase, "system")
+                + count(Encoding::O200kBase, "say \"hello world\""))
+            + (3 + count(Encoding::O200kBase, "user") + 2)
+            + (3 + count(Encoding::O200kBase, "assistant"))
+            + (3 + count(Encoding::O200kBase, "tool"));
+        assert_eq!(
+            prompt_tokens(Encoding::O200kBase, "/v1/chat/completions", mixed),
+            want
+        );
+        assert_eq!(
+            prompt_tokens(Encoding::O200kBase, "/v1/chat/completions", b"{"),
+            0
         );
     }
 
