@@ -213,8 +213,8 @@ fn stage_costs(r: &Results, out: &mut String) {
         "## What each stage costs\n\nsluice's CPU time per request and per streamed event in each \
          variant; (±x) is the difference to the variant it adds one thing to. Per event = CPU per \
          stream ÷ events the client received per stream. In `stream-64` the mock writes a stream's \
-         events at once, so the proxy reads many per system call; in `stream-paced` they come 1 ms \
-         apart, each on its own, as a provider's do.\n"
+         events at once, so the proxy reads many per system call; in `stream-paced` they come \
+         milliseconds apart, each on its own, as a provider's do.\n"
     );
     let _ = writeln!(
         out,

@@ -128,7 +128,7 @@ pub fn all(o: &SetOptions) -> Vec<Scenario> {
         set.push(Scenario {
             id: "stream-paced".into(),
             title: format!(
-                "Streaming, paced: {} concurrent streams of {} chunks 1 ms apart, so each event \
+                "Streaming, paced: {} concurrent streams of {} chunks, the mock waiting 1 ms or more before each, so each event \
                  arrives on its own (closed loop)",
                 o.paced_streams, o.stream_chunks
             ),
