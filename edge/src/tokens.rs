@@ -2,8 +2,8 @@
 //!
 //! Providers' own `usage` is always preferred; this module is the fallback
 //! that marks a record `usage_source = "estimated"`. Each encoding's BPE
-//! tables are built once per process (o200k takes ~130 ms) and shared by
-//! every core read-only. Prompt tokens of a chat request follow OpenAI's
+//! tables are built once per process (o200k takes ~200 ms) and shared by
+//! every core read-only; o200k's are kept compact ([`Compact`]). Prompt tokens of a chat request follow OpenAI's
 //! published counting recipe: 3 tokens of framing per message, the role,
 //! the content (text parts of multi-part content), 1 more plus the name when
 //! a message has one, and 3 tokens priming the reply.
@@ -19,16 +19,23 @@ static CL100K: Slot = OnceLock::new();
 static P50K: Slot = OnceLock::new();
 static R50K: Slot = OnceLock::new();
 
-type Slot = OnceLock<Option<CoreBPE>>;
-type Build = fn() -> anyhow::Result<CoreBPE>;
+type Slot = OnceLock<Option<Counter>>;
 
-/// The tokenizer for an encoding, built on first use.
-pub fn bpe(encoding: Encoding) -> Option<&'static CoreBPE> {
-    let (cell, build): (&Slot, Build) = match encoding {
-        Encoding::O200kBase => (&O200K, tiktoken_rs::o200k_base),
-        Encoding::Cl100kBase => (&CL100K, tiktoken_rs::cl100k_base),
-        Encoding::P50kBase => (&P50K, tiktoken_rs::p50k_base),
-        Encoding::R50kBase => (&R50K, tiktoken_rs::r50k_base),
+/// The counter for an encoding, built on first use.
+pub fn bpe(encoding: Encoding) -> Option<&'static Counter> {
+    let (cell, build): (&Slot, fn() -> anyhow::Result<Counter>) = match encoding {
+        Encoding::O200kBase => (&O200K, || {
+            let bpe = tiktoken_rs::o200k_base()?;
+            Ok(Counter::Compact(Compact::from_tiktoken(
+                &bpe,
+                tiktoken_rs::O200K_BASE_PAT_STR,
+            )?))
+        }),
+        Encoding::Cl100kBase => (&CL100K, || {
+            Ok(Counter::Tiktoken(tiktoken_rs::cl100k_base()?))
+        }),
+        Encoding::P50kBase => (&P50K, || Ok(Counter::Tiktoken(tiktoken_rs::p50k_base()?))),
+        Encoding::R50kBase => (&R50K, || Ok(Counter::Tiktoken(tiktoken_rs::r50k_base()?))),
     };
     cell.get_or_init(|| build().ok()).as_ref()
 }
@@ -36,10 +43,144 @@ pub fn bpe(encoding: Encoding) -> Option<&'static CoreBPE> {
 /// Number of tokens in `text`.
 pub fn count(encoding: Encoding, text: &str) -> u64 {
     match bpe(encoding) {
-        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        Some(counter) => counter.count(text),
         // Tables failed to build (cannot happen with compiled-in tables):
         // the usual ~4 bytes per token.
         None => text.len().div_ceil(4) as u64,
+    }
+}
+
+/// How one encoding's tokens are counted.
+pub enum Counter {
+    /// o200k (every current OpenAI model): [`Compact`] tables.
+    Compact(Compact),
+    /// The older encodings: tiktoken-rs's own tables.
+    Tiktoken(CoreBPE),
+}
+
+impl Counter {
+    fn count(&self, text: &str) -> u64 {
+        match self {
+            Counter::Compact(c) => c.count(text),
+            Counter::Tiktoken(bpe) => bpe.encode_ordinary(text).len() as u64,
+        }
+    }
+}
+
+/// A byte-pair token counter that holds only what counting needs: every
+/// token's bytes once, in one arena, and a map from those bytes to the
+/// token's rank — about 8 MB for o200k, where tiktoken-rs keeps an encoder,
+/// a decoder and a sorted copy of every token as separate allocations
+/// (~45 MB). Built from tiktoken-rs's tables at start, which are then
+/// dropped. Counts are tiktoken's: the same pre-tokenizing pattern, then
+/// within each piece the adjacent pair of parts whose joined bytes have the
+/// lowest rank is merged (the leftmost on a tie) until no joined pair is a
+/// token; the piece is as many tokens as parts are left.
+pub struct Compact {
+    ranks: rustc_hash::FxHashMap<&'static [u8], u32>,
+    /// Clones of the pattern, one per thread slot: a regex shared by many
+    /// threads hands its scratch space out from a locked pool to every
+    /// thread but the first.
+    pieces: Box<[fancy_regex::Regex]>,
+}
+
+/// Pattern clones per encoding; threads beyond this share them.
+const PATTERN_CLONES: usize = 16;
+
+/// This thread's pattern clone.
+fn pattern_slot() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % PATTERN_CLONES;
+    }
+    SLOT.with(|s| *s)
+}
+
+/// No pair of parts joins into a token.
+const NO_RANK: u32 = u32::MAX;
+
+impl Compact {
+    /// From a tiktoken-rs encoder whose ordinary tokens are ranks
+    /// `0..n` (decoding stops at the first rank that is not one) and the
+    /// encoding's pre-tokenizing pattern.
+    fn from_tiktoken(bpe: &CoreBPE, pattern: &str) -> anyhow::Result<Compact> {
+        let mut tokens: Vec<Vec<u8>> = Vec::new();
+        while let Ok(bytes) = bpe.decode_bytes(&[tokens.len() as u32]) {
+            tokens.push(bytes);
+        }
+        let arena: &'static [u8] = Box::leak(tokens.concat().into_boxed_slice());
+        let mut ranks = rustc_hash::FxHashMap::default();
+        ranks.reserve(tokens.len());
+        let mut at = 0;
+        for (rank, t) in tokens.iter().enumerate() {
+            ranks.insert(&arena[at..at + t.len()], rank as u32);
+            at += t.len();
+        }
+        let pattern = fancy_regex::Regex::new(pattern)?;
+        Ok(Compact {
+            ranks,
+            pieces: (0..PATTERN_CLONES).map(|_| pattern.clone()).collect(),
+        })
+    }
+
+    fn count(&self, text: &str) -> u64 {
+        let mut total = 0;
+        let mut parts = Vec::new();
+        for piece in self.pieces[pattern_slot()].find_iter(text) {
+            match piece {
+                Ok(m) => total += self.piece_tokens(m.as_str().as_bytes(), &mut parts),
+                // The pattern has no construct that can exhaust the
+                // backtracking limit; were it to, ~4 bytes per token.
+                Err(_) => return total + (text.len() as u64).div_ceil(4),
+            }
+        }
+        total
+    }
+
+    fn rank(&self, bytes: &[u8]) -> u32 {
+        self.ranks.get(bytes).copied().unwrap_or(NO_RANK)
+    }
+
+    /// Tokens in one pre-tokenized piece. `parts` holds each part's start
+    /// and the rank of that part joined with the next (scratch, reused).
+    fn piece_tokens(&self, piece: &[u8], parts: &mut Vec<(usize, u32)>) -> u64 {
+        if piece.len() <= 1 || self.ranks.contains_key(piece) {
+            return piece.len().min(1) as u64;
+        }
+        // One part per byte, then an end marker.
+        parts.clear();
+        parts.extend((0..=piece.len()).map(|i| (i, NO_RANK)));
+        let joined = |parts: &[(usize, u32)], i: usize| -> u32 {
+            match parts.get(i + 2) {
+                Some(&(end, _)) => self.rank(&piece[parts[i].0..end]),
+                None => NO_RANK,
+            }
+        };
+        for i in 0..parts.len() - 2 {
+            parts[i].1 = joined(parts, i);
+        }
+        loop {
+            let (i, best) = parts[..parts.len() - 1].iter().enumerate().fold(
+                (0, NO_RANK),
+                |(bi, br), (i, &(_, r))| {
+                    if r < br {
+                        (i, r)
+                    } else {
+                        (bi, br)
+                    }
+                },
+            );
+            if best == NO_RANK {
+                break;
+            }
+            parts.remove(i + 1);
+            if i > 0 {
+                parts[i - 1].1 = joined(parts, i - 1);
+            }
+            parts[i].1 = joined(parts, i);
+        }
+        (parts.len() - 1) as u64
     }
 }
 
@@ -124,6 +265,57 @@ fn text_tokens(encoding: Encoding, v: &serde_json::Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_compact_counter_counts_what_tiktoken_counts() {
+        let reference = tiktoken_rs::o200k_base().unwrap();
+        let Some(Counter::Compact(compact)) = bpe(Encoding::O200kBase) else {
+            panic!("o200k is counted by the compact tables");
+        };
+        let mut corpus: Vec<String> = [
+            "",
+            " ",
+            "hello world",
+            "Hello, World! It's 2026; we're here, they'll go, I'd say, you've won.",
+            "   leading and trailing   \n\n\t mixed\r\nwhitespace    ",
+            "fn main() { let x: Vec<u8> = vec![1, 2, 3]; println!(\"{x:?}\"); }",
+            "{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+            "1234567890 3.14159 -42 1e10 0x1F 2026-11-26T20:30:00Z",
+            "日本語のテキストと中文文本，还有한국어 텍스트.",
+            "emoji 😀🎉👩‍👩‍👧‍👦 and flags 🇫🇷🇯🇵",
+            "Ünïcödé àçcents, Ελληνικά, русский текст, עברית, العربية",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "SGVsbG8gd29ybGQsIHRoaXMgaXMgYSBiYXNlNjQgc3RyaW5nIHdpdGhvdXQgc3BhY2Vz",
+            "CamelCaseIdentifiersAndSHOUTINGWords mixedCASEwords",
+            "<|endoftext|> looks special but is ordinary text here",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Pseudo-random strings over a mixed alphabet (fixed seed).
+        let alphabet: Vec<char> = "ab cdE\n\t1.,'’é日😀-_/\\\"{}".chars().collect();
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in [5usize, 50, 500, 5000] {
+            for _ in 0..20 {
+                let s: String = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        alphabet[(seed % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                corpus.push(s);
+            }
+        }
+        for text in &corpus {
+            assert_eq!(
+                compact.count(text),
+                reference.encode_ordinary(text).len() as u64,
+                "{text:?}"
+            );
+        }
+    }
 
     #[test]
     fn counts_known_strings() {
