@@ -78,11 +78,19 @@ impl Counter {
 /// token; the piece is as many tokens as parts are left.
 pub struct Compact {
     ranks: rustc_hash::FxHashMap<&'static [u8], u32>,
-    /// Clones of the pattern, one per thread slot: a regex shared by many
+    /// Clones of the pattern without its one look-ahead (see
+    /// [`LOOKAHEAD`]), one per thread slot: a regex shared by many
     /// threads hands its scratch space out from a locked pool to every
     /// thread but the first.
-    pieces: Box<[fancy_regex::Regex]>,
+    pieces: Box<[regex::Regex]>,
 }
+
+/// The one alternative of o200k's pattern that needs a look-ahead, which
+/// the DFA engine has not: a whitespace run not followed by a non-space.
+/// Without it the `\s+` after it takes the whole run, and
+/// [`piece_end`] gives the run's last character back to the next piece,
+/// as the look-ahead would have.
+const LOOKAHEAD: &str = r"|\s+(?!\S)";
 
 /// Pattern clones per encoding; threads beyond this share them.
 const PATTERN_CLONES: usize = 16;
@@ -95,6 +103,23 @@ fn pattern_slot() -> usize {
         static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % PATTERN_CLONES;
     }
     SLOT.with(|s| *s)
+}
+
+/// Where a piece the pattern matched at `start..end` really ends: a run of
+/// two or more whitespace characters without a line break at its end,
+/// followed by more text, leaves its last character to the next piece
+/// (what `\s+(?!\S)` does). Every other match stands: only the `\s+`
+/// alternative matches whitespace alone without ending in a line break.
+fn piece_end(text: &str, start: usize, end: usize) -> usize {
+    let piece = &text[start..end];
+    if end == text.len() || !piece.chars().all(char::is_whitespace) {
+        return end;
+    }
+    let mut back = piece.chars().rev();
+    match (back.next(), back.next()) {
+        (Some(last), Some(_)) if last != '\r' && last != '\n' => end - last.len_utf8(),
+        _ => end,
+    }
 }
 
 /// No pair of parts joins into a token.
@@ -117,7 +142,11 @@ impl Compact {
             ranks.insert(&arena[at..at + t.len()], rank as u32);
             at += t.len();
         }
-        let pattern = fancy_regex::Regex::new(pattern)?;
+        let Some(at) = pattern.find(LOOKAHEAD) else {
+            anyhow::bail!("the pattern has no {LOOKAHEAD:?} to replace");
+        };
+        let without = format!("{}{}", &pattern[..at], &pattern[at + LOOKAHEAD.len()..]);
+        let pattern = regex::Regex::new(&without)?;
         Ok(Compact {
             ranks,
             pieces: (0..PATTERN_CLONES).map(|_| pattern.clone()).collect(),
@@ -125,15 +154,14 @@ impl Compact {
     }
 
     fn count(&self, text: &str) -> u64 {
+        let pieces = &self.pieces[pattern_slot()];
         let mut total = 0;
         let mut parts = Vec::new();
-        for piece in self.pieces[pattern_slot()].find_iter(text) {
-            match piece {
-                Ok(m) => total += self.piece_tokens(m.as_str().as_bytes(), &mut parts),
-                // The pattern has no construct that can exhaust the
-                // backtracking limit; were it to, ~4 bytes per token.
-                Err(_) => return total + (text.len() as u64).div_ceil(4),
-            }
+        let mut at = 0;
+        while let Some(m) = pieces.find_at(text, at) {
+            let end = piece_end(text, m.start(), m.end());
+            total += self.piece_tokens(&text.as_bytes()[m.start()..end], &mut parts);
+            at = end;
         }
         total
     }
@@ -288,6 +316,10 @@ mod tests {
             "SGVsbG8gd29ybGQsIHRoaXMgaXMgYSBiYXNlNjQgc3RyaW5nIHdpdGhvdXQgc3BhY2Vz",
             "CamelCaseIdentifiersAndSHOUTINGWords mixedCASEwords",
             "<|endoftext|> looks special but is ordinary text here",
+            "a  b   c    d\t\te \t f\u{a0}\u{a0}g\u{3000}\u{3000}h  ",
+            "  \n  x\r\n\r\n  y \n\n z\t\n\t w   \r  v",
+            "trailing spaces   ",
+            "\u{2028}\u{2029} line seps \u{85}next\u{b}\u{c}",
         ]
         .iter()
         .map(|s| s.to_string())
