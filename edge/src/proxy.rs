@@ -15,7 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::error::{error_body, Error, ErrorKind};
 use crate::filter::{Endpoint, Request, RequestCtx, Verdict, Wire};
-use crate::health::{Endpoints, Pick};
+use crate::health::Pick;
 use crate::http::{self, BodyKind, ResponseHead};
 use crate::io::{BufConn, PeerWatch};
 use crate::pool;
@@ -214,20 +214,14 @@ where
                     ErrorKind::UpstreamTimeout => fallback_on.timeout,
                     _ => false,
                 };
-                if triggers && more {
-                    if let Some(to) = elsewhere(
-                        &targets,
-                        next,
-                        pool,
-                        &core.shared.endpoints[provider],
-                        &tried,
-                        &tried_endpoints,
-                    ) {
-                        if core.shared.retry_budget.try_retry() {
-                            next = to;
-                            continue;
-                        }
-                    }
+                let tries = Tries {
+                    targets: &targets,
+                    tried: &tried,
+                    tried_endpoints: &tried_endpoints,
+                };
+                if let Some(to) = tries.retry(core, triggers && more, next, provider) {
+                    next = to;
+                    continue;
                 }
                 // Free the provider's place before answering: the client may ask again at once.
                 drop((slot, pick));
@@ -250,20 +244,12 @@ where
                 pool.failed(k);
             }
         }
-        let retry_to = (fallback_on.status(status) && more)
-            .then(|| {
-                elsewhere(
-                    &targets,
-                    next,
-                    pool,
-                    &core.shared.endpoints[provider],
-                    &tried,
-                    &tried_endpoints,
-                )
-            })
-            .flatten()
-            .filter(|_| core.shared.retry_budget.try_retry());
-        if let Some(to) = retry_to {
+        let tries = Tries {
+            targets: &targets,
+            tried: &tried,
+            tried_endpoints: &tried_endpoints,
+        };
+        if let Some(to) = tries.retry(core, fallback_on.status(status) && more, next, provider) {
             // Not this one: drain its answer (keeping the connection) and move on.
             core.record_attempt(ctx, provider, key_index, Some(status), None, started);
             core.metrics
@@ -286,20 +272,7 @@ where
                     if let Some(a) = ctx.attempts.last_mut() {
                         a.error = Some(e.kind.as_str());
                     }
-                    let retry_to = more
-                        .then(|| {
-                            elsewhere(
-                                &targets,
-                                next,
-                                pool,
-                                &core.shared.endpoints[provider],
-                                &tried,
-                                &tried_endpoints,
-                            )
-                        })
-                        .flatten()
-                        .filter(|_| core.shared.retry_budget.try_retry());
-                    if let Some(to) = retry_to {
+                    if let Some(to) = tries.retry(core, more, next, provider) {
                         ctx.usage = Default::default();
                         ctx.completion_text.clear();
                         next = to;
@@ -325,31 +298,47 @@ where
     respond_error(core, down, ctx, &e, keep_alive).await
 }
 
-/// Where a failed attempt can go next: the next target, or the same one
-/// with a key this request has not tried. `None`: nowhere — the failure
-/// goes to the client as it is.
-fn elsewhere(
-    targets: &[sluice_config::Target],
-    current: usize,
-    pool: &pool::KeyPool,
-    endpoints: &Endpoints,
-    tried: &[(usize, usize)],
-    tried_endpoints: &[(usize, usize)],
-) -> Option<usize> {
-    if current + 1 < targets.len() {
-        return Some(current + 1);
+/// What a request has tried so far, to decide where a failed attempt goes.
+struct Tries<'a> {
+    targets: &'a [sluice_config::Target],
+    /// (target, key) pairs tried.
+    tried: &'a [(usize, usize)],
+    /// (target, endpoint) pairs tried.
+    tried_endpoints: &'a [(usize, usize)],
+}
+
+impl Tries<'_> {
+    /// Where attempt `current` (on `provider`), which failed in a way that
+    /// `may` fall back, goes next: the next target, or the same one with a
+    /// key or endpoint this request has not tried — if the retry budget
+    /// allows one more. `None`: the failure goes to the client as it is.
+    fn retry(&self, core: &Core, may: bool, current: usize, provider: usize) -> Option<usize> {
+        if !may {
+            return None;
+        }
+        let to = if current + 1 < self.targets.len() {
+            current + 1
+        } else {
+            let of_current = |list: &[(usize, usize)]| -> Vec<usize> {
+                list.iter()
+                    .filter(|(t, _)| *t == current)
+                    .map(|(_, x)| *x)
+                    .collect()
+            };
+            // The same target again: with a key it has not tried, or
+            // (providers without keys, or with one) on an endpoint it has
+            // not tried.
+            let pool = &core.shared.pools[provider];
+            let key_left = pool.has_untried(pool::now_ns(), &of_current(self.tried));
+            let endpoint_left =
+                core.shared.endpoints[provider].has_untried(&of_current(self.tried_endpoints));
+            if !(key_left || endpoint_left) {
+                return None;
+            }
+            current
+        };
+        core.shared.retry_budget.try_retry().then_some(to)
     }
-    let of_current = |list: &[(usize, usize)]| -> Vec<usize> {
-        list.iter()
-            .filter(|(t, _)| *t == current)
-            .map(|(_, x)| *x)
-            .collect()
-    };
-    // The same target again: with a key it has not tried, or (providers
-    // without keys, or with one) on an endpoint it has not tried.
-    let key_left = pool.has_untried(pool::now_ns(), &of_current(tried));
-    let endpoint_left = endpoints.has_untried(&of_current(tried_endpoints));
-    (key_left || endpoint_left).then_some(current)
 }
 
 /// A `Retry-After` header in seconds (RFC 9110 §10.2.3; the date form is
