@@ -38,6 +38,28 @@ use sluice_bench::mock::{MockHandle, Script};
 /// Fast retries: three attempts, 1–10 ms of backoff.
 const RETRY: &str = "[retry]\nmax_attempts = 3\nbackoff_base_ms = 1\nbackoff_max_ms = 10";
 
+/// A gateway whose model "m" is served by provider `name` at `endpoints`,
+/// with the provider's extra `settings` (keys, health) and, when `retry`,
+/// [`RETRY`]; its other providers point at `mock`.
+fn model_m_on(
+    mock: &MockHandle,
+    name: &str,
+    endpoints: &[&str],
+    settings: &str,
+    retry: bool,
+) -> Gateway {
+    let mut setup = Setup::new(mock);
+    setup.extra(
+        "",
+        &format!(
+            "{}\n[[models]]\nname = \"m\"\nprovider = \"{name}\"\n\n{}",
+            provider_toml(name, endpoints, settings),
+            if retry { RETRY } else { "" }
+        ),
+    );
+    Gateway::start(&setup)
+}
+
 fn requests(m: &MockHandle) -> u64 {
     counter(&m.stats.requests)
 }
@@ -425,23 +447,17 @@ fn a_failing_endpoint_is_ejected_probed_and_ejected_again_for_twice_as_long() {
     });
     let healthy = mock_any_key(Script::default());
     let (bad, good) = (base_url(&failing), base_url(&healthy));
-    let mut setup = Setup::new(&healthy);
-    setup.extra(
-        "",
+    let gw = model_m_on(
+        &healthy,
+        "pool",
+        &[&bad, &good],
         &format!(
-            "{}\n[[models]]\nname = \"m\"\nprovider = \"pool\"\n\n{RETRY}",
-            provider_toml(
-                "pool",
-                &[&bad, &good],
-                &format!(
-                    "{}\nhealth = {{ failures_to_eject = 2, base_ejection_ms = 1000, \
+            "{}\nhealth = {{ failures_to_eject = 2, base_ejection_ms = 1000, \
                      max_ejection_ms = 8000 }}",
-                    key_pool(3)
-                )
-            )
+            key_pool(3)
         ),
+        true,
     );
-    let gw = Gateway::start(&setup);
     assert_eq!(gw.circuit("pool", &bad), 0.0);
 
     let opened = eject(&gw, "m", "pool", &bad, 8);
@@ -508,23 +524,17 @@ fn a_failing_endpoint_is_ejected_probed_and_ejected_again_for_twice_as_long() {
 fn an_ejected_endpoint_that_recovers_is_closed_by_one_successful_probe() {
     let healthy = mock_any_key(Script::default());
     let (bad, good) = (closed_base_url(), base_url(&healthy));
-    let mut setup = Setup::new(&healthy);
-    setup.extra(
-        "",
+    let gw = model_m_on(
+        &healthy,
+        "pool",
+        &[&bad, &good],
         &format!(
-            "{}\n[[models]]\nname = \"m\"\nprovider = \"pool\"\n\n{RETRY}",
-            provider_toml(
-                "pool",
-                &[&bad, &good],
-                &format!(
-                    "{}\nhealth = {{ failures_to_eject = 2, base_ejection_ms = 500, \
+            "{}\nhealth = {{ failures_to_eject = 2, base_ejection_ms = 500, \
                      max_ejection_ms = 4000 }}",
-                    key_pool(3)
-                )
-            )
+            key_pool(3)
         ),
+        true,
     );
-    let gw = Gateway::start(&setup);
     let opened = eject(&gw, "m", "pool", &bad, 8);
     assert_eq!(gw.ejections("pool", &bad), 1.0);
     for r in chats(&gw, ALICE, &[], &chat_body("m", false), 5) {
@@ -568,13 +578,8 @@ fn an_ejected_endpoint_that_recovers_is_closed_by_one_successful_probe() {
 /// healthy: a request whose attempt fails on the bad endpoint should be
 /// retried on the healthy one (fallback_on includes 5xx).
 ///
-/// Fails today: `proxy::elsewhere` only retries the same target with an
-/// untried key, so with no key (or one) the 500 goes to the client. And
-/// a failure adds no latency sample, so the failing endpoint keeps the
-/// best score (1) in the power of two choices and is picked first as soon
-/// as the healthy one has a sample: every request goes to it until it is
-/// ejected (here requests 1 and 3 of 6 get the 500), and each half-open
-/// probe costs a client one more error.
+/// (Once failed: retries went only to untried keys, and a failure added
+/// no latency sample, so the failing endpoint kept the best score.)
 #[test]
 fn a_failed_attempt_is_retried_on_another_endpoint_of_a_keyless_provider() {
     let failing = mock_any_key(Script {
@@ -583,19 +588,13 @@ fn a_failed_attempt_is_retried_on_another_endpoint_of_a_keyless_provider() {
     });
     let healthy = mock_any_key(Script::default());
     let (bad, good) = (base_url(&failing), base_url(&healthy));
-    let mut setup = Setup::new(&healthy);
-    setup.extra(
-        "",
-        &format!(
-            "{}\n[[models]]\nname = \"m\"\nprovider = \"selfhosted\"\n\n{RETRY}",
-            provider_toml(
-                "selfhosted",
-                &[&bad, &good],
-                "health = { failures_to_eject = 2, base_ejection_ms = 5000 }"
-            )
-        ),
+    let gw = model_m_on(
+        &healthy,
+        "selfhosted",
+        &[&bad, &good],
+        "health = { failures_to_eject = 2, base_ejection_ms = 5000 }",
+        true,
     );
-    let gw = Gateway::start(&setup);
     let statuses: Vec<u16> = (0..6).map(|_| ask(&gw, "m").status).collect();
     assert_eq!(
         statuses,
@@ -611,31 +610,23 @@ fn a_failed_attempt_is_retried_on_another_endpoint_of_a_keyless_provider() {
 /// endpoint must not stay half-open with its single probe slot taken
 /// forever.
 ///
-/// Fails today: `EndpointHealth::probing` is only cleared by `success` or
-/// `failure`, and `proxy::handle` returns through `client_gone` without
-/// either, so the endpoint is never admitted again (until an active check
-/// succeeds, when one is configured).
+/// (Once failed: the probe slot was only freed by a success or a failure,
+/// and a client leaving is neither.)
 #[test]
 fn an_abandoned_probe_does_not_leave_the_endpoint_half_open_forever() {
     let healthy = mock_any_key(Script::default());
     let (bad, good) = (closed_base_url(), base_url(&healthy));
-    let mut setup = Setup::new(&healthy);
-    setup.extra(
-        "",
+    let gw = model_m_on(
+        &healthy,
+        "pool",
+        &[&bad, &good],
         &format!(
-            "{}\n[[models]]\nname = \"m\"\nprovider = \"pool\"\n\n{RETRY}",
-            provider_toml(
-                "pool",
-                &[&bad, &good],
-                &format!(
-                    "{}\nhealth = {{ failures_to_eject = 2, base_ejection_ms = 300, \
+            "{}\nhealth = {{ failures_to_eject = 2, base_ejection_ms = 300, \
                      max_ejection_ms = 600 }}",
-                    key_pool(3)
-                )
-            )
+            key_pool(3)
         ),
+        true,
     );
-    let gw = Gateway::start(&setup);
     eject(&gw, "m", "pool", &bad, 8);
     // Back, but slow: the probe will still be waiting when its client leaves.
     let revived = mock_any_key_at(
@@ -684,20 +675,14 @@ fn active_checks_keep_a_healthy_endpoint_closed_and_eject_a_dead_one() {
     let healthy = mock_any_key(Script::default());
     let unused = mock();
     let (bad, good) = (closed_base_url(), base_url(&healthy));
-    let mut setup = Setup::new(&unused);
-    setup.extra(
-        "",
-        &format!(
-            "{}\n[[models]]\nname = \"m\"\nprovider = \"checked\"",
-            provider_toml(
-                "checked",
-                &[&good, &bad],
-                "health = { failures_to_eject = 2, base_ejection_ms = 10000, \
-                 max_ejection_ms = 20000, check_path = \"/models\", check_interval_ms = 200 }"
-            )
-        ),
+    let gw = model_m_on(
+        &unused,
+        "checked",
+        &[&good, &bad],
+        "health = { failures_to_eject = 2, base_ejection_ms = 10000, \
+                 max_ejection_ms = 20000, check_path = \"/models\", check_interval_ms = 200 }",
+        false,
     );
-    let gw = Gateway::start(&setup);
     let opened_at = gw.wait_circuit("checked", &bad, 1.0, Duration::from_secs(3));
     assert_eq!(gw.ejections("checked", &bad), 1.0);
     assert_eq!(gw.circuit("checked", &good), 0.0);
@@ -734,23 +719,17 @@ fn active_checks_keep_a_healthy_endpoint_closed_and_eject_a_dead_one() {
 fn failing_active_checks_keep_an_ejected_endpoint_from_client_traffic() {
     let healthy = mock_any_key(Script::default());
     let (bad, good) = (closed_base_url(), base_url(&healthy));
-    let mut setup = Setup::new(&healthy);
-    setup.extra(
-        "",
+    let gw = model_m_on(
+        &healthy,
+        "pool",
+        &[&bad, &good],
         &format!(
-            "{}\n[[models]]\nname = \"m\"\nprovider = \"pool\"\n\n{RETRY}",
-            provider_toml(
-                "pool",
-                &[&bad, &good],
-                &format!(
-                    "{}\nhealth = {{ failures_to_eject = 2, base_ejection_ms = 300, \
+            "{}\nhealth = {{ failures_to_eject = 2, base_ejection_ms = 300, \
                      max_ejection_ms = 5000, check_path = \"/models\", check_interval_ms = 100 }}",
-                    key_pool(3)
-                )
-            )
+            key_pool(3)
         ),
+        true,
     );
-    let gw = Gateway::start(&setup);
     gw.wait_circuit("pool", &bad, 1.0, Duration::from_secs(3));
     // Past the ejection, with a failed check every 100 ms meanwhile.
     std::thread::sleep(Duration::from_millis(800));
@@ -896,20 +875,8 @@ fn degrade_to_fills_the_captures_of_a_pattern_route() {
 fn a_provider_with_every_circuit_open_is_not_reported_as_a_quota_outage() {
     let unused = mock();
     let dead = closed_base_url();
-    let mut setup = Setup::new(&unused);
-    setup.extra(
-        "",
-        &format!(
-            "{}\n[[models]]\nname = \"m\"\nprovider = \"dead\"",
-            provider_toml(
-                "dead",
-                &[&dead],
-                "max_concurrency = 1\n\
-                 health = { failures_to_eject = 1, base_ejection_ms = 10000, max_ejection_ms = 10000 }"
-            )
-        ),
-    );
-    let gw = Gateway::start(&setup);
+    let gw = model_m_on(&unused, "dead", &[&dead], "max_concurrency = 1\n\
+                 health = { failures_to_eject = 1, base_ejection_ms = 10000, max_ejection_ms = 10000 }", false);
     let r = ask(&gw, "m");
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "upstream_connect_failed");
