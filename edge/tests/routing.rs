@@ -709,7 +709,7 @@ fn active_checks_keep_a_healthy_endpoint_closed_and_eject_a_dead_one() {
 /// While active checks keep failing, an ejected endpoint should not be
 /// handed a client's request as a probe when its ejection time is up.
 ///
-/// Fails today: a failed check only counts toward opening a closed
+/// Once failed (fixed, kept as the reason for this test): a failed check only counts toward opening a closed
 /// circuit (`EndpointHealth::failure` re-opens only after a failed probe),
 /// so the circuit goes half-open on schedule however many checks failed,
 /// and the next client request is sent there first: here it costs a
@@ -824,7 +824,7 @@ fn a_full_provider_degrades_to_the_cheaper_target_or_answers_503() {
 /// checks its `$N` against the `match`): a regex route's captures must
 /// fill it.
 ///
-/// Fails today: `proxy::handle` pushes `Core::degrade_target` as
+/// Once failed (fixed, kept as the reason for this test): `proxy::handle` pushes `Core::degrade_target` as
 /// configured, without the `expand` that `Route` applies to the primary
 /// and fallback targets, so the provider receives the literal `$1`.
 #[test]
@@ -866,7 +866,7 @@ fn degrade_to_fills_the_captures_of_a_pattern_route() {
 /// When every endpoint's circuit is open the request is refused with 503
 /// before any attempt; the error should say the provider is unavailable.
 ///
-/// Fails today: `ErrorKind::Unavailable` ("shared state this request needs
+/// Once failed (fixed, kept as the reason for this test): `ErrorKind::Unavailable` ("shared state this request needs
 /// is unreachable") is reused for a full provider and for open circuits,
 /// and its one row in the error table has the code
 /// `quota_state_unavailable`, which tells the client and its dashboards
