@@ -535,10 +535,11 @@ fn ifindex(name: &str) -> Result<i32> {
     Ok(idx as i32)
 }
 
-/// The MAC address of `name` in the calling thread's namespace.
-fn mac_of(name: &str) -> Result<[u8; 6]> {
-    // SAFETY: socket/ioctl/close on a descriptor we own; ifreq is zeroed
-    // and its name is NUL-terminated within IFNAMSIZ.
+/// A datagram socket for interface ioctls and a zeroed `ifreq` naming
+/// `name` (NUL-terminated within IFNAMSIZ).
+fn ifreq_for(name: &str) -> Result<(OwnedFd, libc::ifreq)> {
+    // SAFETY: socket() returns a fresh descriptor that OwnedFd then owns;
+    // ifreq is plain old data, valid zeroed.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
@@ -552,6 +553,15 @@ fn mac_of(name: &str) -> Result<[u8; 6]> {
         for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
             *d = s as libc::c_char;
         }
+        Ok((fd, req))
+    }
+}
+
+/// The MAC address of `name` in the calling thread's namespace.
+fn mac_of(name: &str) -> Result<[u8; 6]> {
+    let (fd, mut req) = ifreq_for(name)?;
+    // SAFETY: ioctl on a descriptor we own with a live, named ifreq.
+    unsafe {
         if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) != 0 {
             return Err(os_err(&format!("SIOCGIFHWADDR {name}")));
         }
@@ -736,21 +746,10 @@ fn ethtool_set(iface: &str, cmd: u32, data: u32) -> Result<()> {
         data: u32,
     }
     let mut value = EthtoolValue { cmd, data };
-    // SAFETY: socket/ioctl on a descriptor we own; ifreq is zeroed, its
-    // name NUL-terminated, and ifr_data points at a live ethtool_value.
+    let (fd, mut req) = ifreq_for(iface)?;
+    // SAFETY: ioctl on a descriptor we own; ifr_data points at a live
+    // ethtool_value for the whole call.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(os_err("socket"));
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let mut req: libc::ifreq = std::mem::zeroed();
-        if iface.len() >= req.ifr_name.len() {
-            bail!("interface name {iface} too long");
-        }
-        for (d, s) in req.ifr_name.iter_mut().zip(iface.bytes()) {
-            *d = s as libc::c_char;
-        }
         req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
         if libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req) != 0 {
             return Err(os_err(&format!("ethtool command {cmd:#x} on {iface}")));
