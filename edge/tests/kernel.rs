@@ -203,6 +203,25 @@ fn stop(mut gw: Gateway) {
     assert!(status.success(), "sluice exited with {status}");
 }
 
+/// A new connection from the over-quota tenant is refused by the kernel
+/// within 100 ms, counted for alice, and never reaches sluice's accept.
+/// Returns sluice's accept count, unchanged by the attempt.
+fn assert_refused_in_kernel(gw: &Gateway, net: &Netns, port: u16) -> u64 {
+    let before = accepted(gw);
+    let (result, took) = net.connect(port, Duration::from_secs(2));
+    let err = result.expect_err("a new connection from an over-quota tenant");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused,
+        "{err} after {took:?}"
+    );
+    assert!(took < Duration::from_millis(100), "refused after {took:?}");
+    let (total, of_alice) = xdp_rejected(gw);
+    assert!(total >= 1.0 && of_alice >= 1.0, "{total} {of_alice}");
+    assert_eq!(accepted(gw), before, "sluice accepted a refused connection");
+    before
+}
+
 #[test]
 fn over_quota_tenant_is_turned_away_in_the_kernel() {
     if !netns::privileged("over_quota_tenant_is_turned_away_in_the_kernel") {
@@ -237,18 +256,7 @@ fn over_quota_tenant_is_turned_away_in_the_kernel() {
     );
 
     // 2. The next new connection is refused at once; sluice never sees it.
-    let before = accepted(&gw);
-    let (result, took) = net.connect(port, Duration::from_secs(2));
-    let err = result.expect_err("a new connection from an over-quota tenant");
-    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
-    assert!(took < Duration::from_millis(100), "refused after {took:?}");
-    let (total, of_alice) = xdp_rejected(&gw);
-    assert!(total >= 1.0 && of_alice >= 1.0, "{total} {of_alice}");
-    assert_eq!(
-        accepted(&gw),
-        before,
-        "sluice accepted a refused connection"
-    );
+    let before = assert_refused_in_kernel(&gw, &net, port);
 
     // 3. The open keep-alive connection still reaches sluice: the kernel
     // judges SYNs only, and sluice answers with its own 429.
@@ -393,22 +401,7 @@ fn native_mode_refuses_with_rst() {
     assert_eq!(ready["kernel"], want.as_str(), "{ready}\n{}", gw.stderr());
 
     let (mut keep_alive, _) = spend_alice(&net, port);
-    let before = accepted(&gw);
-    let (result, took) = net.connect(port, Duration::from_secs(2));
-    let err = result.expect_err("a new connection from an over-quota tenant");
-    assert_eq!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused,
-        "{err} after {took:?}"
-    );
-    assert!(took < Duration::from_millis(100), "refused after {took:?}");
-    let (total, of_alice) = xdp_rejected(&gw);
-    assert!(total >= 1.0 && of_alice >= 1.0, "{total} {of_alice}");
-    assert_eq!(
-        accepted(&gw),
-        before,
-        "sluice accepted a refused connection"
-    );
+    assert_refused_in_kernel(&gw, &net, port);
     assert_insufficient_quota(&ask(&mut keep_alive, ALICE, MINI));
 
     drop(keep_alive);
